@@ -1,0 +1,57 @@
+"""The model's typed config and the forward contract every model obeys.
+
+Contract (what the trainer, eval and bench rely on; nothing else):
+
+    model = ponder.models.build(model_cfg, policy, vocab_size=len(vocab))
+    out: ModelOutput = model(tokens, mask)         # tokens [B, L] long, mask [B, L] bool
+    loss, stats = model.loss(out, targets)          # targets [B, L], IGNORE_INDEX unscored
+    prediction = out.logits.argmax(-1)              # [B, L]
+
+``model.loss`` applies the policy's objective (mean-field, expected per-step loss, per-exit
+losses ...) plus its auxiliary loss; the trainer never knows which policy runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "recurrent"        # recurrent (shared core, up to max_steps) | stacked (distinct layers)
+    d_model: int = 64
+    n_heads: int = 4
+    d_ff: int = 256
+    prelude: int = 1               # P layers before the core
+    core: int = 1                  # G blocks in the shared core group (MoEUT-style when > 1)
+    coda: int = 1                  # C layers after the core
+    max_steps: int = 8             # N: core applications (recurrent) or layers (stacked)
+    causal: bool = False
+    positions: str = "learned"     # learned | rotary | none
+    max_len: int = 512             # for learned positions
+    norm: str = "rmsnorm"          # rmsnorm | layernorm
+    step_embedding: bool = True    # add a learned embedding of the step index at each step
+    dropout: float = 0.0
+    execution: str = "dense"       # dense (reference) | compact (gather active tokens only)
+
+
+@dataclass
+class ModelOutput:
+    """What a forward pass returns.
+
+    logits       [B, L, V]      the prediction used at inference (the token's exit readout)
+    steps        [B, L] long    steps (core applications / layers) each token actually took
+    halt_dist    [B, L, N]      per-token distribution over halting steps, or None
+    step_logits  [B, L, N, V]   per-step readouts when the objective needs them, or None
+    aux_loss     scalar         the policy's auxiliary loss (ponder cost, KL, ...) already weighted
+    """
+
+    logits: torch.Tensor
+    steps: torch.Tensor
+    halt_dist: Optional[torch.Tensor] = None
+    step_logits: Optional[torch.Tensor] = None
+    aux_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    extras: dict = field(default_factory=dict)
