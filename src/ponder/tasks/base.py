@@ -145,6 +145,25 @@ class Task:
     def knobs(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
 
+    TRAIN_LABEL_SAMPLES: ClassVar[int] = 2_000
+
+    def train_labels(self) -> frozenset[str]:
+        """Every target token that can occur in the ``train`` split (cached per task object).
+
+        The evaluator uses it to mark ood tokens whose label never occurs in training
+        (``seen_label`` in the per-token records). This default collects the targets of the
+        first ``TRAIN_LABEL_SAMPLES`` train examples, which is exact for tasks with a small
+        label set; a family whose train labels follow from its knobs (e.g. ``list_rank``'s
+        distances ``0..m_max-1``) overrides it with the exact set.
+        """
+        cached = self.__dict__.get("_train_labels")
+        if cached is None:
+            labels: set[str] = set()
+            for i in range(self.TRAIN_LABEL_SAMPLES):
+                labels.update(t for t in self.example("train", i).target if t is not None)
+            cached = self.__dict__["_train_labels"] = frozenset(labels)
+        return cached
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.knobs().items())
         return f"{type(self).__name__}({args})"
