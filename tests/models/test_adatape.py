@@ -1,0 +1,312 @@
+"""AdaTape: tape selection, halting, masking, the auxiliary loss, gradients, a parity smoke."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+
+import ponder.tasks as T
+from ponder.errors import ConfigError
+from ponder.models.adatape import AdaTape, TapeReader, build_adatape
+from ponder.models.config import ModelConfig
+
+VOCAB = 7
+SETTINGS = [
+    dict(bank="input", ngram=1, query="mean", tape_ffn=True),
+    dict(bank="input", ngram=3, query="cls", tape_ffn=False),
+    dict(bank="learnable", bank_size=10, query="mean", tape_ffn=True),
+    dict(bank="learnable", bank_size=10, query="cls", tape_ffn=True, per_step=3),
+]
+
+
+def make(seed: int = 0, **kw) -> AdaTape:
+    torch.manual_seed(seed)
+    args = dict(vocab_size=VOCAB, d_model=16, n_heads=2, d_ff=32, n_layers=2, max_tape=6,
+                threshold=1.0, max_len=32)
+    args.update(kw)
+    return AdaTape(**args)
+
+
+def batch(seed: int = 1, B: int = 5, L: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, VOCAB, (B, L), generator=g)
+    lengths = torch.randint(3, L + 1, (B,), generator=g)
+    lengths[0] = L
+    mask = torch.arange(L)[None, :] < lengths[:, None]
+    return tokens.masked_fill(~mask, 0), mask
+
+
+# --- selection -------------------------------------------------------------------------------
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("threshold", [0.5, 1.0, 50.0])
+def test_never_reads_the_same_entry_twice_nor_padding(setting, threshold):
+    model = make(**{**setting, "threshold": threshold, "max_tape": 8})
+    tokens, mask = batch()
+    out = model(tokens, mask)
+    index = out.extras["tape_index"]                                  # [B, T, k]
+    _, bank_mask = model.make_bank(tokens, mask)
+    for b in range(tokens.shape[0]):
+        picked = [i for i in index[b].flatten().tolist() if i >= 0]
+        assert len(picked) == len(set(picked)), f"sample {b} read an entry twice: {picked}"
+        assert all(bool(bank_mask[b, i]) for i in picked), "read a padded bank entry"
+        n = int(out.extras["tape_len"][b])
+        # every read slot merged at least one entry; no slot after the last read one did
+        assert all((index[b, t] >= 0).any() for t in range(n))
+        assert (index[b, n:] < 0).all()
+    assert (out.steps == out.extras["tape_len"][:, None]).all()
+    if threshold == 50.0:  # never halts: reads until max_tape or the bank runs out
+        per = setting.get("per_step", 1)
+        avail = bank_mask.sum(-1)
+        assert out.extras["tape_len"].tolist() == [min(8, math.ceil(int(a) / per)) for a in avail]
+
+
+def _uniform_stop(n: int, threshold: float) -> int:
+    """Steps read when all n candidates score the same: step t's top weight is 1/(n-t+1)."""
+    total = Fraction(0)
+    for t in range(1, n + 1):
+        total += Fraction(1, n - t + 1)
+        if total >= Fraction(threshold).limit_denominator(1000):
+            return t
+    return n
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 1.0])
+def test_sample_crossing_the_threshold_at_step_k_reads_k_tokens(threshold):
+    # Identical bank entries → equal scores → uniform weights over what is left, so the
+    # halting sum after t steps is 1/n + 1/(n-1) + ... and k is known in closed form.
+    d, M = 8, 12
+    reader = TapeReader(d_model=d, max_tape=M, threshold=threshold, per_step=1)
+    sizes = [1, 2, 4, 7, 9, 12]
+    B = len(sizes)
+    bank = torch.randn(d).expand(B, M, d).clone()
+    bank_mask = torch.arange(M)[None, :] < torch.tensor(sizes)[:, None]
+    bank = bank + 100.0 * (~bank_mask)[..., None]  # padded entries differ and must be ignored
+    with torch.no_grad():
+        read = reader(torch.randn(B, d), bank, bank_mask)
+    expected = [_uniform_stop(n, threshold) for n in sizes]
+    assert read["count"].tolist() == expected
+    assert read["tape_mask"].sum(1).tolist() == expected
+    # A sample with one dominant candidate halts after one read even with many candidates.
+    keys = torch.zeros(1, 6, d)
+    keys[0, 0, :4], keys[0, 0, 4:] = 1.0, -1.0         # LN(key₀) = LN(query): score √d
+    keys[0, 1:, :4], keys[0, 1:, 4:] = -1.0, 1.0       # the others: score −√d
+    query = keys[0, 0][None].clone()
+    w0 = 1.0 / (1.0 + 5.0 * math.exp(-2 * math.sqrt(d)))
+    sharp = TapeReader(d_model=d, max_tape=6, threshold=w0 - 1e-3, per_step=1)
+    with torch.no_grad():
+        r = sharp(query, keys, torch.ones(1, 6, dtype=torch.bool))
+    assert r["count"].tolist() == [1] and r["index"][0, 0, 0].item() == 0
+    assert r["halting"].item() == pytest.approx(w0, rel=1e-4)
+
+
+def test_max_tape_caps_the_reading():
+    model = make(bank="learnable", bank_size=20, threshold=100.0, max_tape=3)
+    out = model(*batch())
+    assert out.extras["tape_len"].tolist() == [3] * 5
+
+
+# --- the reference loop ----------------------------------------------------------------------
+def slow_read(reader: TapeReader, query, bank, bank_mask):
+    """Per-sample, per-step Python transcription of the reading algorithm."""
+    results = []
+    d = bank.shape[-1]
+    for b in range(bank.shape[0]):
+        keys = [reader.norm(bank[b, m]) for m in range(bank.shape[1])]
+        free = [m for m in range(bank.shape[1]) if bool(bank_mask[b, m])]
+        q = reader.norm(query[b])
+        h, aux, tokens, picks = 0.0, torch.zeros(()), [], []
+        while free and len(tokens) < reader.max_tape:
+            scores = torch.stack([keys[m] @ q / math.sqrt(d) for m in free])
+            w = torch.softmax(scores, 0)
+            order = sorted(range(len(free)), key=lambda i: -float(w[i].detach()))[:reader.per_step]
+            chosen = [free[i] for i in order]
+            tokens.append(sum(w[i] * keys[free[i]] for i in order))
+            aux = aux + 1.0 - (w * w).sum()
+            h += sum(float(w[i].detach()) for i in order)
+            q = 0.5 * (q + sum(keys[m] for m in chosen) / len(chosen))
+            picks.append(chosen)
+            free = [m for m in free if m not in chosen]
+            if h >= reader.threshold:
+                break
+        results.append((tokens, picks, aux, h))
+    return results
+
+
+@pytest.mark.parametrize("per_step", [1, 2])
+@pytest.mark.parametrize("threshold", [0.4, 1.0])
+def test_reader_and_aux_loss_match_a_slow_reference(per_step, threshold):
+    torch.manual_seed(3)
+    d, M, B = 8, 10, 6
+    reader = TapeReader(d_model=d, max_tape=5, threshold=threshold, per_step=per_step)
+    with torch.no_grad():
+        reader.norm.weight.uniform_(0.5, 3.0)  # sharpen/vary the scores beyond the init
+        reader.norm.bias.normal_(0, 0.3)
+    bank = torch.randn(B, M, d)
+    bank_mask = torch.arange(M)[None, :] < torch.tensor([10, 10, 7, 3, 1, 5])[:, None]
+    query = torch.randn(B, d)
+    fast = reader(query, bank, bank_mask)
+    slow = slow_read(reader, query, bank, bank_mask)
+    for b, (tokens, picks, aux, h) in enumerate(slow):
+        n = len(tokens)
+        assert int(fast["count"][b]) == n
+        assert fast["tape_mask"][b].tolist() == [True] * n + [False] * (fast["tape"].shape[1] - n)
+        for t in range(n):
+            got = [i for i in fast["index"][b, t].tolist() if i >= 0]
+            assert got == picks[t]
+            torch.testing.assert_close(fast["tape"][b, t], tokens[t], rtol=1e-5, atol=1e-6)
+        assert (fast["tape"][b, n:] == 0).all()
+        torch.testing.assert_close(fast["aux"][b], aux, rtol=1e-5, atol=1e-6)
+        assert float(fast["halting"][b]) == pytest.approx(h, rel=1e-5)
+    # the model's aux_loss is aux_weight · batch mean of these per-sample sums
+    model = make(aux_weight=0.25)
+    tokens, mask = batch()
+    out = model(tokens, mask)
+    bank2, bank_mask2 = model.make_bank(tokens, mask)
+    ref = slow_read(model.reader, model.make_query(model.embed_input(tokens), mask), bank2, bank_mask2)
+    expected = 0.25 * torch.stack([r[2] for r in ref]).mean()
+    torch.testing.assert_close(out.aux_loss, expected, rtol=1e-5, atol=1e-6)
+
+
+# --- masking ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_unread_tape_slots_are_invisible(setting):
+    model = make(**setting).eval()
+    tokens, mask = batch()
+    with torch.no_grad():
+        x = model.embed_input(tokens)
+        bank, bank_mask = model.make_bank(tokens, mask)
+        read = model.reader(model.make_query(x, mask), bank, bank_mask)
+        tape = read["tape"]
+        # unread slots as a reading would leave them: per-sample counts 1..T (some < T)
+        T_ = tape.shape[1]
+        counts = torch.tensor([1 + i % T_ for i in range(tape.shape[0])])
+        tape_mask = read["tape_mask"] & (torch.arange(T_)[None, :] < counts[:, None])
+        assert (~tape_mask).any() and tape_mask.any(1).all()
+        base = model.encode(x, mask, tape, tape_mask)
+        garbage = torch.where(tape_mask[..., None], tape, 1e3 * torch.randn_like(tape))
+        again = model.encode(x, mask, garbage, tape_mask)
+        # a real slot's content does matter (so the comparison above can fail)
+        poked = tape.clone()
+        poked[tape_mask] += 5.0
+        changed = model.encode(x, mask, poked, tape_mask)
+    torch.testing.assert_close(again[mask], base[mask], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(changed[mask], base[mask], atol=1e-3)
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_padded_input_positions_are_invisible(setting):
+    model = make(**setting).eval()
+    tokens, mask = batch()
+    other = torch.where(mask, tokens, torch.randint(1, VOCAB, tokens.shape))
+    with torch.no_grad():
+        a, b = model(tokens, mask), model(other, mask)
+    torch.testing.assert_close(a.logits[mask], b.logits[mask], rtol=1e-5, atol=1e-5)
+    assert torch.equal(a.steps, b.steps)
+    # each sample alone gives the same answer as in the batch
+    with torch.no_grad():
+        for i in range(tokens.shape[0]):
+            n = int(mask[i].sum())
+            solo = model(tokens[i:i + 1, :n], mask[i:i + 1, :n])
+            torch.testing.assert_close(solo.logits[0], a.logits[i, :n], rtol=1e-4, atol=1e-5)
+            assert int(solo.steps[0, 0]) == int(a.steps[i, 0])
+
+
+def test_ngram_bank_has_one_entry_per_full_window():
+    model = make(bank="input", ngram=3)
+    tokens, mask = batch()
+    bank, bank_mask = model.make_bank(tokens, mask)
+    assert bank.shape == (5, 9 - 3 + 1, 16)
+    assert bank_mask.sum(-1).tolist() == [max(0, int(n) - 2) for n in mask.sum(-1)]
+    # a window's entry depends on exactly its three elements
+    t2 = tokens.clone()
+    t2[0, 4] = (t2[0, 4] % (VOCAB - 1)) + 1
+    bank2, _ = model.make_bank(t2, mask)
+    moved = [(bank2[0, j] - bank[0, j]).abs().max().item() > 0 for j in range(7)]
+    assert moved == [False, False, True, True, True, False, False]
+
+
+# --- gradients -------------------------------------------------------------------------------
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_forward_backward_finite_and_gradient_reaches_bank_and_query(setting):
+    model = make(**setting)
+    tokens, mask = batch()
+    targets = torch.full_like(tokens, -100)
+    targets[:, 0] = tokens[:, 0]
+    out = model(tokens, mask)
+    assert out.logits.shape == (5, 9, VOCAB) and out.steps.dtype == torch.long
+    loss, stats = model.loss(out, targets)
+    assert torch.isfinite(loss) and all(isinstance(v, float) for v in stats.values())
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), name
+    reached = ["reader.norm.weight", "tape_type", "embed.weight"]
+    reached += ["bank"] if setting["bank"] == "learnable" else ["bank_embed.weight"]
+    reached += ["cls"] if setting["query"] == "cls" else []
+    grads = dict(model.named_parameters())
+    for name in reached:
+        g = grads[name].grad
+        assert g is not None and g.abs().sum() > 0, f"no gradient reaches {name}"
+
+
+def test_aux_gradient_alone_reaches_the_selector():
+    model = make(aux_weight=1.0)
+    out = model(*batch())
+    out.aux_loss.backward()
+    assert model.reader.norm.weight.grad.abs().sum() > 0
+    assert model.bank_embed.weight.grad.abs().sum() > 0
+    assert model.head.weight.grad is None  # the aux loss does not touch the readout
+
+
+def test_loss_is_cross_entropy_plus_aux():
+    model = make()
+    tokens, mask = batch()
+    targets = torch.where(mask, tokens, torch.full_like(tokens, -100))
+    out = model(tokens, mask)
+    loss, stats = model.loss(out, targets)
+    ce = torch.nn.functional.cross_entropy(out.logits[mask], tokens[mask])
+    torch.testing.assert_close(loss, ce + out.aux_loss)
+    assert stats["ce"] == pytest.approx(ce.item(), rel=1e-5)
+    assert stats["tape"] == pytest.approx(out.extras["tape_len"].float().mean().item())
+
+
+# --- config ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [dict(bank="disk"), dict(query="max"), dict(max_tape=0), dict(ngram=0),
+                                 dict(threshold=0.0), dict(n_heads=3), dict(positions="rotary"),
+                                 dict(bank="learnable", bank_size=0), dict(aux_weight=-1.0)])
+def test_bad_knobs_raise_config_error(bad):
+    with pytest.raises(ConfigError):
+        make(**bad)
+
+
+def test_build_from_model_config():
+    cfg = ModelConfig(kind="adatape", d_model=16, n_heads=2, d_ff=32, max_steps=3)
+    model = build_adatape(cfg, None, vocab_size=VOCAB)
+    assert len(model.layers) == 3 and model.d_model == 16
+    out = model(*batch())
+    assert out.logits.shape == (5, 9, VOCAB)
+
+
+def test_too_long_input_raises():
+    model = make(max_len=8)
+    with pytest.raises(ConfigError):
+        model(*batch(L=9))
+
+
+# --- learning --------------------------------------------------------------------------------
+def test_parity_smoke_lowers_the_loss():
+    task = T.get("parity")
+    vocab = T.Vocab.for_task(task)
+    torch.manual_seed(0)
+    model = AdaTape(vocab_size=len(vocab), d_model=32, n_heads=4, d_ff=64, n_layers=2, max_tape=4)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for b in T.stream(task, "train", vocab, batch_size=32, num_batches=200):
+        loss, _ = model.loss(model(b.tokens, b.mask), b.targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-40:]) / 40 < 0.8 * sum(losses[:10]) / 10
