@@ -139,6 +139,9 @@ class Agreement(Task):
             complexity[i] = input[j + 1:i].count(THAT)
         return target, complexity
 
+    def train_labels(self) -> frozenset[str]:
+        return frozenset((SG, PL))
+
     def tokens(self) -> list[str]:
         c = self.config
         nouns = NOUNS[: c.nouns]

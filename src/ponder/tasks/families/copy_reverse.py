@@ -74,6 +74,10 @@ class _SequenceTask(Task):
         features = {"position": list(range(length)), "n": [n] * length, "offset": offset}
         return Draft(tokens, target, complexity, features, {"n": n})
 
+    def train_labels(self) -> frozenset[str]:
+        """Exact: every symbol of the alphabet (the alphabet is the same in every split)."""
+        return frozenset(string.ascii_lowercase[: self.config.alphabet])
+
     def tokens(self) -> list[str]:
         return list(string.ascii_lowercase[: self.config.alphabet]) + [SEP, SLOT]
 

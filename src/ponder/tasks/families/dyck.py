@@ -131,6 +131,10 @@ class Dyck(Task):
             target.append(found)
         return target, complexity
 
+    def train_labels(self) -> frozenset[str]:
+        """Exact: the closers of the k bracket types, and ``none`` (every string ends empty)."""
+        return frozenset([NONE] + [c for _, c in PAIRS[: self.config.k]])
+
     def tokens(self) -> list[str]:
         out = [NONE]
         for o, c in PAIRS[: self.config.k]:

@@ -122,5 +122,8 @@ class FlipFlop(Task):
             complexity[i] = i - j - 1
         return target, complexity
 
+    def train_labels(self) -> frozenset[str]:
+        return frozenset(("0", "1"))
+
     def tokens(self) -> list[str]:
         return [*WRITES, *IGNORES, READ, "0", "1"]

@@ -151,6 +151,12 @@ class GraphDistance(Task):
                 complexity[i] = dist[u] if u in dist else far + 1
         return target, complexity
 
+    def train_labels(self) -> frozenset[str]:
+        """Exact: train keeps only graphs whose finite distances are <= max_dist (< n_max)."""
+        c = self.config
+        labels = {str(d) for d in range(min(c.max_dist, c.n_max - 1) + 1)}
+        return frozenset(labels | ({INF} if c.p < 1.0 else set()))
+
     def tokens(self) -> list[str]:
         L = self.config.labels
         out = [INF] + [str(d) for d in range(L)]

@@ -144,6 +144,10 @@ class Toposort(Task):
         complexity: list[int | None] = [None] * first + [longest(v) for v in picks]
         return target, complexity
 
+    def train_labels(self) -> frozenset[str]:
+        """Exact: every train node id is below n_max, and every node is listed."""
+        return frozenset(str(u) for u in range(self.config.n_max))
+
     def tokens(self) -> list[str]:
         N = max(self.config.n_max, self.config.ood_n_max)
         out = [SLOT] + [str(u) for u in range(N)]
