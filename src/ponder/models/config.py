@@ -47,6 +47,10 @@ class ModelOutput:
     halt_dist    [B, L, N]      per-token distribution over halting steps, or None
     step_logits  [B, L, N, V]   per-step readouts when the objective needs them, or None
     aux_loss     scalar         the policy's auxiliary loss (ponder cost, KL, ...) already weighted
+    halt_step    [B, L] long    the step the policy's inference rule picks (equals ``steps`` in
+                                eval; in training expected-loss policies run all N steps), or None
+    mask         [B, L] bool    real (non-pad) tokens of the input, or None
+    extras       dict           model-specific tensors (e.g. ``expected_steps`` [B, L])
     """
 
     logits: torch.Tensor
@@ -55,3 +59,5 @@ class ModelOutput:
     step_logits: Optional[torch.Tensor] = None
     aux_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     extras: dict = field(default_factory=dict)
+    halt_step: Optional[torch.Tensor] = None
+    mask: Optional[torch.Tensor] = None

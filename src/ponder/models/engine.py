@@ -1,0 +1,143 @@
+"""The execution engine: per-token state across the steps of a depth-adaptive model.
+
+The engine owns, for one forward pass:
+- ``active [B, L] bool``: tokens still running (pads are never active);
+- ``h [B, L, D]``: the current state of every token; a token that halts is frozen at its
+  exit state, stays visible as key/value to tokens still running (state copying) and never
+  changes again. Its carried copy is *detached*, so no gradient reaches a frozen token's
+  state through later steps (its own exit state, used for its readout, keeps its graph);
+- ``exit [B, L, D]``: each token's exit state; ``steps [B, L]``: steps each token ran.
+
+Semantics of step n (the reference the compacted mode must reproduce exactly):
+    x = h + e_n            for active tokens (e_n the step embedding, if any);
+                           frozen tokens show exactly their frozen state
+    for each block b of the step's group:
+        x[active] = b(x)[active]      queries: active tokens; keys/values: every token's
+                                      current x (frozen ones included); MLP: active only
+    then the policy sees x as ``view.h`` and decides who halts.
+
+WHERE COMPACTION PLUGS IN: :meth:`Engine.apply_block` is the only place a block runs.
+The dense mode computes the block on every token and keeps the active rows
+(``torch.where``). A ``compact`` mode replaces only this method (and may pre-compute an
+index of the active tokens once per step in :meth:`Engine.run_step`): gather the active
+rows flattened across the batch (``index_select``), take queries from them and keys/values
+from their own sequence's rows of ``x`` (``Attention.queries / keys_values / attend``),
+run the MLP on the gathered rows, scatter back (``index_copy``). Policies never change:
+they only see the full ``[B, L, ...]`` tensors after the step and return ``[B, L]``
+decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from ponder.errors import ConfigError
+from ponder.models.layers import AttnContext, Block, Group
+from ponder.policies.base import Halting, Policy, View
+
+EXECUTIONS = ("dense",)
+
+
+@dataclass
+class EngineResult:
+    """exit        [B, L, D]       each token's exit state (frozen state, or state after N)
+    steps       [B, L] long     steps each token ran (0 at pads)
+    step_logits [B, L, N, V]    per-step readouts, when the policy asked for them, else None
+    halting     the policy's :class:`Halting` summary
+    """
+
+    exit: torch.Tensor
+    steps: torch.Tensor
+    step_logits: Optional[torch.Tensor]
+    halting: Halting
+
+
+class Engine:
+    """Runs up to N steps of a core under a policy.
+
+    core(n) → the :class:`Group` of blocks for step n (shared for recurrent, layer n for stacked)
+    step_embedding(n) → [D] tensor added to active tokens' states before step n, or None
+    """
+
+    def __init__(self, *, policy: Policy, max_steps: int, execution: str = "dense",
+                 core: Callable[[int], Group],
+                 step_embedding: Optional[Callable[[int], Optional[torch.Tensor]]] = None) -> None:
+        if execution not in EXECUTIONS:
+            raise ConfigError(f"unknown execution {execution!r}; executions: {', '.join(EXECUTIONS)}")
+        self.policy = policy
+        self.max_steps = max_steps
+        self.execution = execution
+        self.core = core
+        self.step_embedding = step_embedding
+
+    # -- the one place a block runs ---------------------------------------------------------
+    def apply_block(self, block: Block, x: torch.Tensor, active: torch.Tensor,
+                    ctx: AttnContext) -> torch.Tensor:
+        """x [B, L, D] → x with the active rows replaced by the block's output.
+
+        Dense reference: compute every row, keep the active ones. (Compaction goes here.)
+        """
+        return torch.where(active[..., None], block(x, ctx), x)
+
+    def run_step(self, n: int, h: torch.Tensor, active: torch.Tensor,
+                 ctx: AttnContext) -> torch.Tensor:
+        """State after step n: h [B, L, D], active [B, L] → [B, L, D] (frozen rows unchanged)."""
+        if not bool(active.any()):
+            return h
+        x = h
+        e = self.step_embedding(n) if self.step_embedding is not None else None
+        if e is not None:
+            x = torch.where(active[..., None], h + e, h)
+        for block in self.core(n).blocks:
+            x = self.apply_block(block, x, active, ctx)
+        return x
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self, *, h0: torch.Tensor, mask: torch.Tensor, ctx: AttnContext,
+            readout: Callable[[torch.Tensor], torch.Tensor], training: bool) -> EngineResult:
+        """h0 [B, L, D] prelude output, mask [B, L] bool → :class:`EngineResult`."""
+        N = self.max_steps
+        policy = self.policy
+        active = mask.clone()
+        # pads never run and never pass gradient anywhere
+        h = torch.where(mask[..., None], h0, h0.detach())
+        exit_state = h
+        steps = torch.zeros_like(mask, dtype=torch.long)
+        want_logits = policy.needs_step_logits(training)
+        step_logits: list[torch.Tensor] = []
+        memo = policy.start(View(n=0, max_steps=N, h=h, prev=None, active=active, mask=mask,
+                                 training=training, readout=readout))
+        view = None
+        for n in range(1, N + 1):
+            new = self.run_step(n, h, active, ctx)
+            view = View(n=n, max_steps=N, h=new, prev=h, active=active, mask=mask,
+                        training=training, readout=readout)
+            decision = policy.step(memo, view)
+            if want_logits:
+                step_logits.append(view.logits())
+            halt = active if n == N else decision.halt.bool() & active
+            state = decision.state if decision.state is not None else new
+            frozen_at = decision.exit_state if decision.exit_state is not None else state
+            steps = steps + active.long()
+            exit_state = torch.where(halt[..., None], frozen_at, exit_state)
+            still = active & ~halt
+            # frozen rows: their exit state (newly halted) or unchanged, without gradient
+            frozen = torch.where(halt[..., None], frozen_at, h).detach()
+            h = torch.where(still[..., None], state, frozen)
+            active = still
+        halting = policy.finish(memo, view)
+        logits = torch.stack(step_logits, 2) if want_logits else None
+        return EngineResult(exit=exit_state, steps=steps, step_logits=logits, halting=halting)
+
+
+def check_policy(policy: Policy, *, kind: str, causal: bool) -> None:
+    """Refuse a policy that does not support this stack kind or causal mode (ConfigError)."""
+    if kind not in policy.kinds:
+        raise ConfigError(f"policy {policy.name!r} does not support model kind {kind!r} "
+                          f"(supports: {', '.join(policy.kinds)})")
+    if causal and not policy.causal:
+        raise ConfigError(f"policy {policy.name!r} is not causal and cannot run in a causal model")
+
