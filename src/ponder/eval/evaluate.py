@@ -1,0 +1,196 @@
+"""``evaluate_run``: load a run's last checkpoint, score splits, write records and summaries.
+
+For each split: ``RUN_DIR/eval/<split>.parquet`` (one row per scored token, the schema of
+:mod:`ponder.eval.records`) and ``RUN_DIR/eval/<split>.json`` (the summary), both atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ponder.errors import ConfigError
+from ponder.eval.records import FEATURE_PREFIX, PARAM_PREFIX
+from ponder.eval.writer import write_records
+from ponder.tasks import IGNORE_INDEX, SPLITS, Vocab, collate
+from ponder.train.checkpoint import atomic_write_text, load_checkpoint, load_weights
+from ponder.train.config import TrainConfig
+from ponder.train.rundir import read_run_config
+from ponder.train.trainer import build_model, build_task
+
+EVAL_DIR = "eval"
+DEFAULT_SPLITS = ("valid", "ood")
+DEFAULT_N = 1000
+LABEL_SAMPLES = 3000  # train examples scanned for the label set when a task has no train_labels()
+
+
+def run_metadata(cfg: TrainConfig, step: int) -> dict[str, Any]:
+    """The ``ponder_run`` metadata stored with the records."""
+    m = cfg.model
+    return {"policy": cfg.policy.name, "policy_knobs": dict(cfg.policy.knobs),
+            "task": cfg.task.name, "task_preset": cfg.task.preset, "task_knobs": dict(cfg.task.knobs),
+            "model_kind": m.kind, "max_steps": m.max_steps, "d_model": m.d_model,
+            "n_heads": m.n_heads, "d_ff": m.d_ff, "prelude": m.prelude, "coda": m.coda,
+            "core": m.core, "positions": m.positions, "execution": m.execution,
+            "checkpoint_step": step}
+
+
+def train_label_set(task) -> frozenset[str]:
+    """Target tokens seen in training: the task's own notion, else a scan of train examples."""
+    labels = getattr(task, "train_labels", None)
+    if callable(labels):
+        return frozenset(labels())
+    seen: set[str] = set()
+    for i in range(LABEL_SAMPLES):
+        seen.update(t for t in task.example("train", i).target if t is not None)
+    return frozenset(seen)
+
+
+@dataclass
+class LoadedRun:
+    cfg: TrainConfig
+    task: Any
+    vocab: Vocab
+    model: torch.nn.Module
+    step: int
+
+
+def load_run(run_dir: Path | str,
+             model_factory: Callable[[TrainConfig, int], torch.nn.Module] | None = None) -> LoadedRun:
+    """The run's config, task, vocabulary and model with its last checkpoint's weights."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    ckpt = load_checkpoint(run_dir, with_state=False)
+    task = build_task(cfg)
+    vocab = Vocab.for_task(task)
+    model = (model_factory or build_model)(cfg, len(vocab))
+    load_weights(model, ckpt.weights)
+    model.eval()
+    return LoadedRun(cfg, task, vocab, model, ckpt.step)
+
+
+@torch.no_grad()
+def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
+                   labels: frozenset[str]) -> tuple[dict[str, list], dict[str, Any]]:
+    """Score examples ``0..n-1`` of ``split``. Returns (record columns, summary)."""
+    task, vocab, model = run.task, run.vocab, run.model
+    N = run.cfg.model.max_steps
+    cols: dict[str, list] = {k: [] for k in ("example", "split", "position", "token", "target",
+                                             "prediction", "correct", "complexity", "steps",
+                                             "max_steps", "seen_label", "seq_correct")}
+    extra: dict[str, list] = {}
+    wall = 0.0
+    n_rows = 0
+    n_seq = seq_ok_total = 0
+    max_used = 0
+    for start in range(0, n, batch_size):
+        examples = [task.example(split, i) for i in range(start, min(n, start + batch_size))]
+        batch = collate(examples, vocab)
+        t0 = time.perf_counter()
+        out = model(batch.tokens, batch.mask)
+        wall += time.perf_counter() - t0
+        pred = out.logits.argmax(-1)
+        steps = out.steps.to(torch.long)
+        scored = batch.targets != IGNORE_INDEX
+        correct = (pred == batch.targets) & scored
+        seq_ok = (correct | ~scored).all(-1)
+        pred_l, steps_l, corr_l = pred.tolist(), steps.tolist(), correct.tolist()
+        feats = {k: v.tolist() for k, v in batch.features.items()}
+        for b, ex in enumerate(examples):
+            positions = ex.scored()
+            if not positions:
+                continue
+            n_seq += 1
+            seq_ok_total += bool(seq_ok[b])
+            for pos in positions:
+                target = ex.target[pos]
+                cols["example"].append(ex.index)
+                cols["split"].append(split)
+                cols["position"].append(pos)
+                cols["token"].append(ex.input[pos])
+                cols["target"].append(target)
+                cols["prediction"].append(vocab.itos[pred_l[b][pos]])
+                cols["correct"].append(bool(corr_l[b][pos]))
+                cols["complexity"].append(int(ex.complexity[pos]))
+                cols["steps"].append(int(steps_l[b][pos]))
+                max_used = max(max_used, int(steps_l[b][pos]))
+                cols["max_steps"].append(N)
+                cols["seen_label"].append(target in labels)
+                cols["seq_correct"].append(bool(seq_ok[b]))
+                for k, v in ex.params.items():
+                    extra.setdefault(PARAM_PREFIX + k, [None] * n_rows).append(v)
+                for k, v in feats.items():
+                    extra.setdefault(FEATURE_PREFIX + k, [math.nan] * n_rows).append(float(v[b][pos]))
+                n_rows += 1
+                for k, v in extra.items():  # keys missing in this example
+                    if len(v) < n_rows:
+                        v.append(None if k.startswith(PARAM_PREFIX) else math.nan)
+    cols.update(extra)
+    summary = summarise(cols, n_examples=n_seq, seq_ok=seq_ok_total, max_steps=N, wall_s=wall)
+    summary["max_steps_used"] = max_used
+    return cols, summary
+
+
+def _acc(correct: list[bool]) -> float | None:
+    return sum(correct) / len(correct) if correct else None
+
+
+def summarise(cols: dict[str, list], *, n_examples: int, seq_ok: int, max_steps: int,
+              wall_s: float) -> dict[str, Any]:
+    n = len(cols["correct"])
+    token_steps = int(sum(cols["steps"]))
+    seen = [c for c, s in zip(cols["correct"], cols["seen_label"]) if s]
+    unseen = [c for c, s in zip(cols["correct"], cols["seen_label"]) if not s]
+    return {
+        "token_acc": _acc(cols["correct"]),
+        "seq_acc": seq_ok / n_examples if n_examples else None,
+        "mean_steps": token_steps / n if n else None,
+        "max_steps": max_steps,
+        "token_steps": token_steps,
+        "fixed_token_steps": n * max_steps,
+        "wall_s": wall_s,
+        "n_tokens": n,
+        "n_examples": n_examples,
+        "acc_seen": _acc(seen),
+        "acc_unseen": _acc(unseen),
+        "n_seen": len(seen),
+        "n_unseen": len(unseen),
+    }
+
+
+def evaluate_run(run_dir: Path | str, splits: Sequence[str] = DEFAULT_SPLITS, *, n: int = DEFAULT_N,
+                 batch_size: int | None = None, threads: int | None = None,
+                 model_factory: Callable[[TrainConfig, int], torch.nn.Module] | None = None,
+                 log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Evaluate ``splits`` of the run in ``run_dir``; returns ``{split: summary}``."""
+    for split in splits:
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, model_factory)
+    torch.set_num_threads(threads or run.cfg.run.threads)
+    labels = train_label_set(run.task)
+    bs = batch_size or max(run.cfg.run.batch_size, 256)
+    meta = run_metadata(run.cfg, run.step)
+    out_dir = run_dir / EVAL_DIR
+    out_dir.mkdir(exist_ok=True)
+    results = {}
+    for split in splits:
+        cols, summary = evaluate_split(run, split, n=n, batch_size=bs, labels=labels)
+        summary = {"split": split, "checkpoint_step": run.step, **summary}
+        write_records(out_dir / f"{split}.parquet", cols, meta)
+        atomic_write_text(out_dir / f"{split}.json", json.dumps(summary, indent=1))
+        results[split] = summary
+        if log:
+            log(f"{split}: token acc {summary['token_acc']:.4f}, seq acc {summary['seq_acc']:.4f}, "
+                f"mean steps {summary['mean_steps']:.2f} of {summary['max_steps']} "
+                f"({summary['n_tokens']} tokens) → {out_dir / (split + '.parquet')}")
+    return results
