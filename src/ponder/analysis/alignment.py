@@ -1,0 +1,132 @@
+"""Alignment: does the compute a token gets track its complexity?
+
+Spearman's ρ between ``steps`` and ``complexity`` (scipy), on all scored tokens and on the
+correctly predicted ones, with a seeded bootstrap 95% interval; mean steps per complexity
+level; and the steps × complexity count table behind the heat map.
+
+The bootstrap is exact and vectorised: both columns are small integers, so a resample of
+the tokens is a multinomial draw of the steps × complexity contingency table, and Spearman's
+ρ (Pearson correlation of mid-ranks) is a closed-form function of that table. 2,000
+resamples of 100k tokens cost a few milliseconds instead of 2,000 sorts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+N_BOOTSTRAP = 2000
+
+
+def contingency(steps: np.ndarray, complexity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Count table of (steps, complexity) pairs.
+
+    Returns ``(step_values [S], complexity_values [C], counts [S, C])`` with sorted values.
+    """
+    step_values, si = np.unique(steps, return_inverse=True)
+    comp_values, ci = np.unique(complexity, return_inverse=True)
+    counts = np.zeros((len(step_values), len(comp_values)), dtype=np.int64)
+    np.add.at(counts, (si.ravel(), ci.ravel()), 1)
+    return step_values, comp_values, counts
+
+
+def _midranks(marginal: np.ndarray) -> np.ndarray:
+    """Average rank of each value given its counts. ``marginal [..., K]`` → ``[..., K]``."""
+    below = np.cumsum(marginal, axis=-1) - marginal
+    return below + (marginal + 1) / 2.0
+
+
+def spearman_from_table(counts: np.ndarray) -> np.ndarray:
+    """Spearman's ρ (ties → mid-ranks, as scipy) of count tables ``[..., S, C]`` → ``[...]``.
+
+    NaN where either variable is constant in a table.
+    """
+    counts = counts.astype(np.float64)
+    n = counts.sum(axis=(-2, -1))
+    rows, cols = counts.sum(axis=-1), counts.sum(axis=-2)          # [..., S], [..., C]
+    centre = ((n + 1) / 2.0)[..., None]
+    r = _midranks(rows) - centre                                    # [..., S]
+    c = _midranks(cols) - centre                                    # [..., C]
+    cov = np.einsum("...s,...sc,...c->...", r, counts, c)
+    var_r = np.einsum("...s,...s->...", rows, r * r)
+    var_c = np.einsum("...c,...c->...", cols, c * c)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cov / np.sqrt(var_r * var_c)
+
+
+def bootstrap_ci(counts: np.ndarray, *, n_boot: int = N_BOOTSTRAP, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ρ from a count table ``[S, C]`` (tokens resampled iid)."""
+    n = int(counts.sum())
+    if n < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    p = counts.ravel() / n
+    chunk = max(1, 2_000_000 // counts.size)  # bound memory for large tables
+    rhos = np.concatenate([
+        spearman_from_table(rng.multinomial(n, p, size=min(chunk, n_boot - start))
+                            .reshape((-1,) + counts.shape))
+        for start in range(0, n_boot, chunk)])
+    rhos = rhos[np.isfinite(rhos)]
+    if len(rhos) < n_boot // 2:  # mostly degenerate resamples: no meaningful interval
+        return None
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(rhos, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def correlation(frame: pd.DataFrame, *, seed: int = 0, n_boot: int = N_BOOTSTRAP) -> dict[str, Any]:
+    """ρ(steps, complexity) with p-value and bootstrap interval; ρ is None when undefined."""
+    n = int(len(frame))
+    out: dict[str, Any] = {"n": n, "rho": None, "p_value": None, "ci95": None}
+    if n < 3:
+        return out
+    steps = frame["steps"].to_numpy()
+    complexity = frame["complexity"].to_numpy()
+    if np.all(steps == steps[0]) or np.all(complexity == complexity[0]):
+        out["note"] = "steps or complexity is constant: ρ undefined"
+        return out
+    result = stats.spearmanr(steps, complexity)
+    out["rho"] = float(result.statistic)
+    out["p_value"] = float(result.pvalue)
+    out["ci95"] = bootstrap_ci(contingency(steps, complexity)[2], n_boot=n_boot, seed=seed)
+    return out
+
+
+def by_complexity(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Mean / std of steps, accuracy and count per complexity level (ascending)."""
+    grouped = frame.groupby("complexity", sort=True)
+    table = pd.DataFrame({
+        "n": grouped.size(),
+        "mean_steps": grouped["steps"].mean(),
+        "std_steps": grouped["steps"].std(ddof=0),
+        "accuracy": grouped["correct"].mean(),
+    })
+    return [{"complexity": int(c), "n": int(r.n), "mean_steps": float(r.mean_steps),
+             "std_steps": float(r.std_steps), "accuracy": float(r.accuracy)}
+            for c, r in table.iterrows()]
+
+
+def heatmap(frame: pd.DataFrame) -> dict[str, Any]:
+    """The steps × complexity count table (rows: steps, columns: complexity)."""
+    steps, comps, counts = contingency(frame["steps"].to_numpy(), frame["complexity"].to_numpy())
+    return {"steps": [int(s) for s in steps], "complexity": [int(c) for c in comps],
+            "counts": counts.tolist()}
+
+
+def analyse_split(frame: pd.DataFrame, *, seed: int = 0, n_boot: int = N_BOOTSTRAP) -> dict[str, Any]:
+    """Everything the alignment section reports for one split."""
+    all_tokens = correlation(frame, seed=seed, n_boot=n_boot)
+    correct = correlation(frame[frame["correct"].astype(bool)], seed=seed + 1, n_boot=n_boot)
+    return {
+        "n": all_tokens["n"],
+        "rho": all_tokens["rho"],
+        "p_value": all_tokens["p_value"],
+        "ci95": all_tokens["ci95"],
+        "correct": correct,
+        "by_complexity": by_complexity(frame),
+        "heatmap": heatmap(frame),
+    }

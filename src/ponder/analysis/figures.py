@@ -1,0 +1,245 @@
+"""Figures (PNG, matplotlib's Agg canvas; no pyplot global state) drawn from an analysis dict.
+
+Every figure reads only the numbers in ``analysis.json``, so a figure and the JSON never
+disagree. ``write_figures`` saves them atomically; ``render_*`` return a Figure.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 100
+SPLIT_STYLE = {"train": "-", "valid": "-", "test": "-", "ood": "--"}
+
+
+def _new(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _empty(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def render_alignment(analysis: dict[str, Any]) -> Figure:
+    """One heat map per split: share of each complexity level's tokens at each step count."""
+    splits = list(analysis["alignment"])
+    fig = _new(4.2 * max(len(splits), 1), 3.6)
+    axes = fig.subplots(1, max(len(splits), 1), squeeze=False)[0]
+    for ax, split in zip(axes, splits):
+        a = analysis["alignment"][split]
+        counts = np.asarray(a["heatmap"]["counts"], dtype=float)
+        if counts.size == 0:
+            _empty(ax, "no tokens")
+            continue
+        steps, comps = a["heatmap"]["steps"], a["heatmap"]["complexity"]
+        share = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1)
+        image = ax.imshow(share, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                          extent=(-0.5, len(comps) - 0.5, -0.5, len(steps) - 0.5))
+        ax.set_xticks(range(len(comps)), [str(c) for c in comps], fontsize=7)
+        ax.set_yticks(range(len(steps)), [str(s) for s in steps], fontsize=7)
+        # mean steps per level, drawn in the heat map's index coordinates
+        mean = [row["mean_steps"] for row in a["by_complexity"]]
+        ax.plot(range(len(comps)), np.interp(mean, steps, range(len(steps))), "w.-", lw=1)
+        rho = "ρ undefined" if a["rho"] is None else f"ρ = {a['rho']:.2f}"
+        ax.set_title(f"{split}: {rho}", fontsize=10)
+        ax.set_xlabel("complexity")
+        ax.set_ylabel("steps")
+        fig.colorbar(image, ax=ax, label="share of the level's tokens", shrink=0.85)
+    return fig
+
+
+def render_steps_by_complexity(analysis: dict[str, Any]) -> Figure:
+    fig = _new(5.2, 3.6)
+    ax = fig.subplots()
+    max_steps = None
+    for split, a in analysis["alignment"].items():
+        rows = a["by_complexity"]
+        if not rows:
+            continue
+        x = [r["complexity"] for r in rows]
+        y = np.array([r["mean_steps"] for r in rows])
+        sd = np.array([r["std_steps"] for r in rows])
+        line, = ax.plot(x, y, SPLIT_STYLE.get(split, "-"), marker="o", ms=3, label=split)
+        ax.fill_between(x, y - sd, y + sd, color=line.get_color(), alpha=0.15)
+        max_steps = analysis["compute"].get(split, {}).get("max_steps") or max_steps
+    if max_steps:
+        ax.axhline(max_steps, color="0.5", lw=0.8, ls=":", label="max steps")
+    ax.set_xlabel("complexity")
+    ax.set_ylabel("mean steps (± 1 sd)")
+    ax.set_title("Steps per complexity level", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _main_knob(analysis: dict[str, Any]) -> str | None:
+    """The size knob with the most distinct values across splits."""
+    values: dict[str, set] = {}
+    for entry in analysis["generalisation"].values():
+        for knob, rows in entry["by_knob"].items():
+            values.setdefault(knob, set()).update(r["value"] for r in rows)
+    numeric = {k: v for k, v in values.items() if all(isinstance(x, (int, float)) for x in v)}
+    return max(numeric, key=lambda k: len(numeric[k])) if numeric else None
+
+
+def render_generalisation(analysis: dict[str, Any]) -> Figure:
+    """Accuracy and mean steps against the main size knob; the training range shaded."""
+    fig = _new(13.0, 3.4)
+    ax_acc, ax_steps, ax_labels = fig.subplots(1, 3)
+    _render_labels(ax_labels, analysis)
+    knob = _main_knob(analysis)
+    if knob is None:
+        _empty(ax_acc, "no numeric size knob in the records")
+        _empty(ax_steps, "")
+        return fig
+    shaded = False
+    for split, entry in analysis["generalisation"].items():
+        rows = entry["by_knob"].get(knob, [])
+        if not rows:
+            continue
+        x = [r["value"] for r in rows]
+        style = SPLIT_STYLE.get(split, "-")
+        ax_acc.plot(x, [r["accuracy"] for r in rows], style, marker="o", ms=3, label=split)
+        ax_steps.plot(x, [r["mean_steps"] for r in rows], style, marker="o", ms=3, label=split)
+        rng = entry["train_range"].get(knob)
+        if rng and not shaded:
+            for ax in (ax_acc, ax_steps):
+                ax.axvspan(rng[0], rng[1], color="0.85", zorder=0, label="train range")
+            shaded = True
+    ax_acc.set_ylim(-0.02, 1.02)
+    ax_acc.set_ylabel("token accuracy")
+    ax_steps.set_ylabel("mean steps")
+    for ax in (ax_acc, ax_steps):
+        ax.set_xlabel(knob)
+        ax.legend(fontsize=8)
+    ax_acc.set_title(f"Accuracy vs {knob}", fontsize=10)
+    ax_steps.set_title(f"Compute vs {knob}", fontsize=10)
+    return fig
+
+
+def _render_labels(ax, analysis: dict[str, Any]) -> None:
+    """Accuracy on labels seen in training vs never seen, per split (bar absent: no such token)."""
+    splits = list(analysis["generalisation"])
+    xs = np.arange(len(splits))
+    for offset, kind in ((-0.2, "seen"), (0.2, "unseen")):
+        stats = [analysis["generalisation"][s]["labels"][kind] for s in splits]
+        ax.bar(xs + offset, [st["accuracy"] or 0 for st in stats], 0.4, label=f"{kind} labels")
+        for x, st in zip(xs, stats):
+            ax.text(x + offset, (st["accuracy"] or 0) + 0.02, f"n={st['n']}", ha="center", fontsize=7)
+    ax.set_xticks(xs, splits)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("token accuracy")
+    ax.set_title("Seen vs unseen labels", fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def render_decision_timing(analysis: dict[str, Any]) -> Figure:
+    """Held-out R² of the static / execution / both models, per split."""
+    fig = _new(5.2, 3.4)
+    ax = fig.subplots()
+    splits = list(analysis["decision_timing"])
+    kinds = ("static", "execution", "both")
+    width = 0.8 / len(kinds)
+    drawn = False
+    for i, kind in enumerate(kinds):
+        vals = [((analysis["decision_timing"][s].get("r2") or {}).get(kind)) for s in splits]
+        xs = [j + (i - 1) * width for j in range(len(splits))]
+        ax.bar(xs, [v if v is not None else 0 for v in vals], width, label=kind)
+        drawn = drawn or any(v is not None for v in vals)
+    ax.set_xticks(range(len(splits)), splits)
+    ax.set_ylim(min(0, ax.get_ylim()[0]), 1.05)
+    ax.set_ylabel("held-out R² (steps)")
+    ax.set_title("What explains the steps?" if drawn else "Steps are constant: nothing to explain",
+                 fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def render_compute(analysis: dict[str, Any]) -> Figure:
+    """Token-steps and FLOPs as a fraction of the fixed-depth baseline, per split."""
+    fig = _new(5.2, 3.4)
+    ax = fig.subplots()
+    splits = list(analysis["compute"])
+    steps = [analysis["compute"][s]["step_ratio"] or 0 for s in splits]
+    flops = [analysis["compute"][s]["flops"]["ratio"] or 0 for s in splits]
+    xs = np.arange(len(splits))
+    ax.bar(xs - 0.2, steps, 0.4, label="token-steps")
+    ax.bar(xs + 0.2, flops, 0.4, label="FLOPs (est.)")
+    ax.axhline(1.0, color="0.3", lw=0.8, ls="--", label="fixed depth")
+    ax.set_xticks(xs, splits)
+    ax.set_ylim(0, 1.35)
+    ax.set_ylabel("fraction of fixed-depth compute")
+    ax.set_title("Compute spent", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
+    return fig
+
+
+RENDERERS = {
+    "alignment": render_alignment,
+    "steps_by_complexity": render_steps_by_complexity,
+    "generalisation": render_generalisation,
+    "decision_timing": render_decision_timing,
+    "compute": render_compute,
+}
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_figures(analysis: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Render every figure into ``out_dir/<name>.png``; returns name → path."""
+    out_dir = Path(out_dir)
+    paths = {}
+    for name, render in RENDERERS.items():
+        path = out_dir / f"{name}.png"
+        atomic_write_bytes(path, png_bytes(render(analysis)))
+        paths[name] = path
+    return paths
+
+
+def render_comparison(analyses: dict[str, dict[str, Any]]) -> Figure:
+    """Mean steps per complexity level of several runs on one axes (ood dashed)."""
+    fig = _new(6.4, 3.8)
+    ax = fig.subplots()
+    for label, analysis in analyses.items():
+        colour = None
+        for split, a in analysis["alignment"].items():
+            rows = a["by_complexity"]
+            if not rows:
+                continue
+            line, = ax.plot([r["complexity"] for r in rows], [r["mean_steps"] for r in rows],
+                            SPLIT_STYLE.get(split, "-"), marker="o", ms=3, color=colour,
+                            label=f"{label} · {split}")
+            colour = line.get_color()
+    ax.set_xlabel("complexity")
+    ax.set_ylabel("mean steps")
+    ax.set_title("Runs compared: steps per complexity level", fontsize=10)
+    ax.legend(fontsize=7)
+    return fig
