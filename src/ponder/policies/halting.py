@@ -122,3 +122,75 @@ def compute_regulariser(log_p: torch.Tensor, mask: torch.Tensor, *, beta: float,
     both ANIRA policies so that only the timing of the decision differs between them."""
     prior = geometric_log_prior(lambda_p, log_p.shape[-1], dtype=log_p.dtype, device=log_p.device)
     return beta * masked_mean(kl_to_prior(log_p, prior), mask)
+
+
+# -- cumulative (ACT-style) halting -------------------------------------------------------------
+def act_step(h: torch.Tensor, cum: torch.Tensor, done: torch.Tensor, last: bool, eps: float,
+             strict: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of ACT's cumulative halting (Graves 2016; ``strict`` is UT's ``>`` test).
+
+    h [...] halting unit of this step in (0, 1); cum [...] Σ of earlier units of a running
+    token; done [...] bool tokens that halted before. A running token halts at the first n
+    with cum + h ≥ 1 − ε (or at the last step); it then gets the remainder R = 1 − cum.
+    → (p(n), cum after the step, halt_now, R where halting now else 0), each [...].
+    """
+    running = ~done
+    total = cum + h
+    reach = total > 1 - eps if strict else total >= 1 - eps
+    halt_now = running & (reach | last)
+    remainder = torch.where(halt_now, 1 - cum, torch.zeros_like(cum))
+    p = torch.where(halt_now, remainder, torch.where(running, h, torch.zeros_like(h)))
+    cum = torch.where(running & ~halt_now, total, cum)
+    return p, cum, halt_now, remainder
+
+
+def act_distribution(h: torch.Tensor, eps: float, strict: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Halting units h [..., N] → (p [..., N], halting step [...] long, remainder R [...])."""
+    N = h.shape[-1]
+    cum = torch.zeros_like(h[..., 0])
+    done = torch.zeros_like(cum, dtype=torch.bool)
+    steps = torch.zeros_like(cum, dtype=torch.long)
+    rem = torch.zeros_like(cum)
+    ps = []
+    for n in range(N):
+        p, cum, halt_now, r = act_step(h[..., n], cum, done, n == N - 1, eps, strict)
+        ps.append(p)
+        steps = torch.where(halt_now, n + 1, steps)
+        rem = rem + r
+        done = done | halt_now
+    return torch.stack(ps, -1), steps, rem
+
+
+# -- stick-breaking halting ---------------------------------------------------------------------
+def stickbreak_step(alpha: torch.Tensor, survive: torch.Tensor, done: torch.Tensor, last: bool,
+                    stop: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of stick-breaking halting (Sparse Universal Transformer).
+
+    alpha [...] P(halt at n | not before); survive [...] P(not halted before n).
+    A running token gets p(n) = α_n · survive; it stops once P(not halted) < 1 − ``stop``
+    (or at the last step), and the remaining mass goes to its stopping step so p sums to 1.
+    → (p(n), P(not halted after n) (0 once stopped), stop_now), each [...].
+    """
+    running = ~done
+    p = torch.where(running, alpha * survive, torch.zeros_like(survive))
+    left = torch.where(running, survive * (1 - alpha), survive)
+    stop_now = running & ((left < 1 - stop) | last)
+    p = p + torch.where(stop_now, left, torch.zeros_like(left))
+    left = torch.where(stop_now, torch.zeros_like(left), left)
+    return p, left, stop_now
+
+
+def stickbreak_distribution(alpha: torch.Tensor, stop: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gates alpha [..., N] → (p [..., N], stopping step [...] long)."""
+    N = alpha.shape[-1]
+    survive = torch.ones_like(alpha[..., 0])
+    done = torch.zeros_like(survive, dtype=torch.bool)
+    steps = torch.zeros_like(survive, dtype=torch.long)
+    ps = []
+    for n in range(N):
+        p, survive, stop_now = stickbreak_step(alpha[..., n], survive, done, n == N - 1, stop)
+        ps.append(p)
+        steps = torch.where(stop_now, n + 1, steps)
+        done = done | stop_now
+    return torch.stack(ps, -1), steps
