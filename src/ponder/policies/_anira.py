@@ -23,7 +23,8 @@ class AniraKnobs:
     halt_bias: float = knob(-3.0, -20.0, 20.0, "initial halting logit (negative = start deep)")
 
 
-ANIRA_PAPER = "ANIRA: adaptive recurrence with early (E) and online (O) halting decisions"
+ANIRA_PAPER = ("Moosa, Lohit, Wang, Chatterjee, Yin 2026, Understanding Dynamic Compute Allocation "
+               "in Recurrent Transformers (ANIRA), arXiv:2602.08864")
 
 
 def anira_aux(log_p: torch.Tensor, mask: torch.Tensor, knobs: AniraKnobs) -> tuple[torch.Tensor, dict]:
