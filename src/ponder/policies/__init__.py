@@ -14,7 +14,7 @@ import pkgutil
 from ponder.policies.base import Decision, Halting, NoKnobs, Policy, View, knob
 from ponder.policies.registry import get, names, policy_class, register, unregister
 
-_INFRASTRUCTURE = {"base", "registry", "halting", "cli"}
+_INFRASTRUCTURE = {"base", "registry", "halting", "cli", "scripted"}
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
     if _info.name not in _INFRASTRUCTURE and not _info.name.startswith("_"):

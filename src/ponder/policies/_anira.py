@@ -20,7 +20,7 @@ class AniraKnobs:
     beta: float = knob(0.05, 0.0, 100.0, "weight of KL(p ‖ truncated Geometric(λ_p))")
     lambda_p: float = knob(0.3, 1e-4, 1.0, "halting probability of the geometric prior")
     threshold: float = knob(0.5, 1e-3, 1.0, "inference: halt at the first n with Σ p ≥ threshold")
-    halt_bias: float = knob(-3.0, -20.0, 20.0, "initial halting logit (negative = start deep)")
+    halt_bias: float = knob(-3.0, -100.0, 100.0, "initial halting logit (negative = start deep)")
 
 
 ANIRA_PAPER = ("Moosa, Lohit, Wang, Chatterjee, Yin 2026, Understanding Dynamic Compute Allocation "

@@ -16,7 +16,7 @@ from ponder.policies.registry import register
 class ActKnobs:
     tau: float = knob(0.01, 0.0, 100.0, "weight of the ponder cost N(t) + R(t)")
     eps: float = knob(0.01, 1e-6, 0.5, "halt when the cumulative halting unit reaches 1 − eps")
-    halt_bias: float = knob(-3.0, -20.0, 20.0, "initial bias of the halting unit (negative = start deep)")
+    halt_bias: float = knob(-3.0, -100.0, 100.0, "initial bias of the halting unit (negative = start deep)")
 
 
 @register

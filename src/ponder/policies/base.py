@@ -162,6 +162,9 @@ class Policy(nn.Module):
     objective: ClassVar[str] = "final"     # final | expected | per_step
     paper: ClassVar[str] = ""
     Knobs: ClassVar[type] = NoKnobs
+    # names (as in ``named_parameters()`` of the policy) that the model's loss does not train,
+    # e.g. a head fitted by a separate calibration; the gradient tests skip exactly these
+    untrained_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, knobs: Any = None, **values: Any) -> None:
         super().__init__()

@@ -18,7 +18,7 @@ class PonderNetKnobs:
     beta: float = knob(0.01, 0.0, 100.0, "weight of KL(p ‖ truncated Geometric(λ_p))")
     lambda_p: float = knob(0.2, 1e-4, 1.0, "halting probability of the geometric prior")
     threshold: float = knob(0.5, 1e-3, 1.0, "inference: halt at the first n with Σ p ≥ threshold")
-    halt_bias: float = knob(-3.0, -20.0, 20.0, "initial bias of the halting logit (negative = start deep)")
+    halt_bias: float = knob(-3.0, -100.0, 100.0, "initial bias of the halting logit (negative = start deep)")
 
 
 class ConditionalHalting(Policy):

@@ -16,7 +16,7 @@ from ponder.policies.registry import register
 class StickBreakKnobs:
     tau: float = knob(0.01, 0.0, 100.0, "weight of the expected depth Σ_n n·p(n)")
     stop: float = knob(0.999, 0.5, 1.0, "a token stops updating once P(not halted) < 1 − stop")
-    halt_bias: float = knob(-3.0, -20.0, 20.0, "initial bias of the halt logit (negative = start deep)")
+    halt_bias: float = knob(-3.0, -100.0, 100.0, "initial bias of the halt logit (negative = start deep)")
 
 
 @register

@@ -15,7 +15,7 @@ from ponder.policies.registry import register
 class UtActKnobs:
     tau: float = knob(0.01, 0.0, 100.0, "weight of mean(steps + remainder)")
     eps: float = knob(0.01, 1e-6, 0.5, "halt when the cumulative halting probability exceeds 1 − eps")
-    halt_bias: float = knob(-3.0, -20.0, 20.0,
+    halt_bias: float = knob(-3.0, -100.0, 100.0,
                             "initial bias of the halting unit (t2t uses +1, which halts after ~2 steps)")
 
 
