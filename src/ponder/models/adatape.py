@@ -10,7 +10,9 @@ Bank (``bank=``)
                      ``ngram`` consecutive elements (stride 1), embedded by its own tables
                      (token embedding, and with ``ngram > 1`` a linear map of the window's
                      concatenated embeddings) plus its own position embedding of the
-                     window start. Windows touching padding are not candidates.
+                     window start (only with ``positions="learned"``; with rotary or no
+                     positions the entries carry none). Windows touching padding are not
+                     candidates.
     ``"learnable"``  ``bank_size`` trainable vectors shared by every sample.
 
 Reading (the Adaptive Tape Reader; vectorised over the batch, a loop over at most
@@ -57,64 +59,42 @@ import torch.nn.functional as F
 from torch import nn
 
 from ponder.errors import ConfigError
+from ponder.models import register_model
 from ponder.models.config import ModelConfig, ModelOutput
+from ponder.models.layers import MLP, Attention, AttnContext, Embedding, Rotary, make_norm
 
 IGNORE_INDEX = -100  # same value as ponder.tasks.IGNORE_INDEX (kept local: models do not import tasks)
 
 BANKS = ("input", "learnable")
 QUERIES = ("mean", "cls")
-POSITIONS = ("learned", "none")
+POSITIONS = ("learned", "rotary", "none")
 NORMS = ("rmsnorm", "layernorm")
 
 
-def _norm(kind: str, d_model: int) -> nn.Module:
-    return nn.RMSNorm(d_model) if kind == "rmsnorm" else nn.LayerNorm(d_model)
-
-
-class _FFN(nn.Module):
-    def __init__(self, *, d_model: int, d_ff: int, dropout: float) -> None:
-        super().__init__()
-        self.up = nn.Linear(d_model, d_ff)
-        self.down = nn.Linear(d_ff, d_model)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.down(F.gelu(self.up(x))))
-
-
 class TapeEncoderLayer(nn.Module):
-    """Pre-norm encoder layer over ``[input ; tape]`` with shared attention and an optional
-    separate FFN for the tape segment.
+    """Pre-norm encoder layer (the shared ``layers`` attention/MLP) over ``[input ; tape]``:
+    attention is shared, the tape segment optionally takes its own MLP.
 
-    x [B, L+T, d], attend [B, L+T] bool (True = a visible key), n_input = L.
+    h [B, L+T, D], ctx over the L+T tokens, n_input = L → [B, L+T, D].
     """
 
     def __init__(self, *, d_model: int, n_heads: int, d_ff: int, norm: str, dropout: float,
                  tape_ffn: bool) -> None:
         super().__init__()
-        self.n_heads = n_heads
-        self.norm1 = _norm(norm, d_model)
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
-        self.norm2 = _norm(norm, d_model)
-        self.ffn = _FFN(d_model=d_model, d_ff=d_ff, dropout=dropout)
-        self.tape_ffn = _FFN(d_model=d_model, d_ff=d_ff, dropout=dropout) if tape_ffn else None
+        self.norm1 = make_norm(norm, d_model)
+        self.attn = Attention(d_model=d_model, n_heads=n_heads, dropout=dropout)
+        self.norm2 = make_norm(norm, d_model)
+        self.mlp = MLP(d_model=d_model, d_ff=d_ff, dropout=dropout)
+        self.tape_mlp = MLP(d_model=d_model, d_ff=d_ff, dropout=dropout) if tape_ffn else None
         self.drop = nn.Dropout(dropout)
-        self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, attend: torch.Tensor, n_input: int) -> torch.Tensor:
-        B, S, d = x.shape
-        h = self.norm1(x)
-        q, k, v = self.qkv(h).view(B, S, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        att = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attend[:, None, None, :],
-            dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(B, S, d)))
-        h = self.norm2(x)
-        if self.tape_ffn is None or S == n_input:
-            return x + self.ffn(h)
-        # The tape segment takes its own FFN: run each FFN only on its own tokens.
-        return x + torch.cat([self.ffn(h[:, :n_input]), self.tape_ffn(h[:, n_input:])], dim=1)
+    def forward(self, h: torch.Tensor, ctx: AttnContext, n_input: int) -> torch.Tensor:
+        h = h + self.drop(self.attn(self.norm1(h), ctx))
+        x = self.norm2(h)
+        if self.tape_mlp is None or h.shape[1] == n_input:
+            return h + self.mlp(x)
+        # Each segment runs only its own MLP (no wasted FLOPs on the other one).
+        return h + torch.cat([self.mlp(x[:, :n_input]), self.tape_mlp(x[:, n_input:])], dim=1)
 
 
 class TapeReader(nn.Module):
@@ -208,8 +188,10 @@ class AdaTape(nn.Module):
         self.bank_kind, self.query_kind, self.positions = bank, query, positions
         self.ngram, self.aux_weight, self.max_len = ngram, aux_weight, max_len
 
-        self.embed = nn.Embedding(vocab_size, d_model)
-        self.pos = nn.Embedding(max_len, d_model) if positions == "learned" else None
+        self.embedding = Embedding(vocab_size=vocab_size, d_model=d_model, positions=positions,
+                                   max_len=max_len)
+        # Rotary positions rotate q/k over [(cls) ; input ; tape] (see encode).
+        self.rope = Rotary(head_dim=d_model // n_heads) if positions == "rotary" else None
         self.cls = nn.Parameter(torch.randn(d_model) * 0.02) if query == "cls" else None
         if bank == "learnable":
             self.bank = nn.Parameter(torch.randn(bank_size, d_model) * 0.02)
@@ -223,20 +205,13 @@ class AdaTape(nn.Module):
         self.layers = nn.ModuleList(
             TapeEncoderLayer(d_model=d_model, n_heads=n_heads, d_ff=d_ff, norm=norm,
                              dropout=dropout, tape_ffn=tape_ffn) for _ in range(n_layers))
-        self.final_norm = _norm(norm, d_model)
+        self.final_norm = make_norm(norm, d_model)
         self.head = nn.Linear(d_model, vocab_size)
 
     # -- pieces ---------------------------------------------------------------------------
-    def _check_length(self, L: int) -> None:
-        if self.pos is not None and L > self.max_len:
-            raise ConfigError(f"adatape: input length {L} exceeds max_len={self.max_len}")
-
     def embed_input(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, L] → [B, L, d] (token + learned position)."""
-        x = self.embed(tokens)
-        if self.pos is not None:
-            x = x + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
-        return x
+        """tokens [B, L] → [B, L, d] (token + learned position; ConfigError beyond max_len)."""
+        return self.embedding(tokens)
 
     def make_bank(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The candidate tape tokens: bank [B, M, d], bank_mask [B, M] bool."""
@@ -279,9 +254,17 @@ class AdaTape(nn.Module):
             masks.insert(0, torch.ones(B, 1, dtype=torch.bool, device=x.device))
         n_input = L + (1 if self.cls is not None else 0)
         h = torch.cat(parts + [tape + self.tape_type], dim=1)
-        attend = torch.cat(masks + [tape_mask], dim=1)
+        ctx = AttnContext.build(torch.cat(masks + [tape_mask], dim=1), causal=False)
+        if self.rope is not None:
+            # Tape slot t sits at rotary position max_len + t whatever the (padded) input
+            # length, so a sample's output does not depend on how much padding it got.
+            T = tape.shape[1]
+            cos, sin = self.rope.tables(self.max_len + 1 + T, x.device)
+            rows = torch.cat([torch.arange(n_input, device=x.device),
+                              self.max_len + 1 + torch.arange(T, device=x.device)])
+            ctx.rope = (cos[rows], sin[rows])
         for layer in self.layers:
-            h = layer(h, attend, n_input)
+            h = layer(h, ctx, n_input)
         return self.head(self.final_norm(h[:, n_input - L:n_input]))
 
     # -- the contract ---------------------------------------------------------------------
@@ -289,7 +272,6 @@ class AdaTape(nn.Module):
         if mask is None:
             mask = torch.ones_like(tokens, dtype=torch.bool)
         B, L = tokens.shape
-        self._check_length(L)
         x = self.embed_input(tokens)
         bank, bank_mask = self.make_bank(tokens, mask)
         read = self.reader(self.make_query(x, mask), bank, bank_mask)
@@ -351,6 +333,8 @@ def build_adatape(model_cfg: ModelConfig, policy: Any = None, *, vocab_size: int
     (the number of layers of a stacked model). ``policy`` is ignored: AdaTape's halting is
     its own tape reader.
     """
+    if model_cfg.causal:
+        raise ConfigError("adatape is non-causal (its query pools the whole input); set causal=false")
     extra = dict(getattr(model_cfg, "extras", None) or getattr(model_cfg, "adatape", None) or {})
     unknown = sorted(set(extra) - set(ADATAPE_KNOBS))
     if unknown:
@@ -362,3 +346,6 @@ def build_adatape(model_cfg: ModelConfig, policy: Any = None, *, vocab_size: int
     return AdaTape(vocab_size=vocab_size, d_model=model_cfg.d_model, n_heads=model_cfg.n_heads,
                    d_ff=model_cfg.d_ff, positions=model_cfg.positions, max_len=model_cfg.max_len,
                    norm=model_cfg.norm, dropout=model_cfg.dropout, **knobs)
+
+
+register_model("adatape", build_adatape)
