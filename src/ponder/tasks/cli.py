@@ -24,13 +24,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     smp = tsub.add_parser("sample", help="print examples of a task (JSONL or text)")
     smp.add_argument("task", metavar="TASK")
-    smp.add_argument("knobs", nargs="*", metavar="knob=value", help="override a difficulty knob")
-    smp.add_argument("--split", default="train", help=f"one of {', '.join(SPLITS)} (default train)")
-    smp.add_argument("--n", type=int, default=5, help="number of examples (default 5)")
-    smp.add_argument("--seed", type=int, default=0, help="index of the first example (default 0)")
-    smp.add_argument("--format", default="jsonl", choices=("jsonl", "text"))
-    smp.add_argument("--preset", default=None, help="a named preset of the task's knobs")
+    # Knobs and options may be mixed in any order after TASK (argparse's parse_args cannot
+    # interleave them), so the rest is parsed again by _rest_parser in cmd_sample.
+    smp.add_argument("rest", nargs=argparse.REMAINDER, metavar="[knob=value | option] ...")
+    _sample_options(smp)
     smp.set_defaults(func=cmd_sample)
+
+
+def _sample_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default="train", help=f"one of {', '.join(SPLITS)} (default train)")
+    p.add_argument("--n", type=int, default=5, help="number of examples (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="index of the first example (default 0)")
+    p.add_argument("--format", default="jsonl", choices=("jsonl", "text"))
+    p.add_argument("--preset", default=None, help="a named preset of the task's knobs")
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(message)
+
+
+def _rest_parser() -> argparse.ArgumentParser:
+    p = _RaisingParser(prog="ponder tasks sample", add_help=False)
+    p.add_argument("knobs", nargs="*")
+    _sample_options(p)
+    return p
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -65,6 +83,8 @@ def parse_overrides(task: str, items: list[str]) -> dict[str, Any]:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    args = _rest_parser().parse_intermixed_args(args.rest, namespace=argparse.Namespace(
+        **{k: v for k, v in vars(args).items() if k != "rest"}))
     if args.split not in SPLITS:
         raise ConfigError(f"unknown split {args.split!r}; choose from {', '.join(SPLITS)}")
     if args.n < 0:
