@@ -38,7 +38,9 @@ from ponder.errors import ConfigError
 from ponder.models.layers import AttnContext, Block, Group
 from ponder.policies.base import Halting, Policy, View
 
-EXECUTIONS = ("dense",)
+# dense: the reference; compact: gather the active tokens (ponder.models.compact);
+# auto: compact at inference (model.eval()), dense in training
+EXECUTIONS = ("dense", "compact", "auto")
 
 
 @dataclass
@@ -99,6 +101,9 @@ class Engine:
     def run(self, *, h0: torch.Tensor, mask: torch.Tensor, ctx: AttnContext,
             readout: Callable[[torch.Tensor], torch.Tensor], training: bool) -> EngineResult:
         """h0 [B, L, D] prelude output, mask [B, L] bool → :class:`EngineResult`."""
+        if self.execution == "compact" or (self.execution == "auto" and not training):
+            from ponder.models.compact import run_compact
+            return run_compact(self, h0=h0, mask=mask, ctx=ctx, readout=readout, training=training)
         N = self.max_steps
         policy = self.policy
         active = mask.clone()
