@@ -19,7 +19,7 @@ from torch import nn
 
 from ponder.errors import ConfigError
 from ponder.models.config import ModelConfig, ModelOutput
-from ponder.models.engine import Engine, check_policy
+from ponder.models.engine import EXECUTIONS, Engine, check_policy
 from ponder.models.layers import AttnContext, Embedding, Group, Readout, Rotary
 from ponder.policies.base import Policy
 from ponder.policies.halting import expected_steps, masked_mean, scored_mask
@@ -41,6 +41,8 @@ def validate_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"unknown positions {cfg.positions!r}; positions: learned, rotary, none")
     if cfg.norm not in ("rmsnorm", "layernorm"):
         raise ConfigError(f"unknown norm {cfg.norm!r}; norms: rmsnorm, layernorm")
+    if cfg.execution not in EXECUTIONS:
+        raise ConfigError(f"unknown execution {cfg.execution!r}; executions: {', '.join(EXECUTIONS)}")
     if cfg.positions == "rotary" and (cfg.d_model // cfg.n_heads) % 2:
         raise ConfigError("rotary positions need an even head dimension (d_model / n_heads)")
 

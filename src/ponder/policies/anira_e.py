@@ -41,7 +41,7 @@ class AniraE(Policy):
             self.head.bias.copy_(start.float())
 
     def start(self, view: View) -> dict:
-        log_p = torch.log_softmax(self.head(view.h).float(), -1).to(view.h.dtype)
+        log_p = torch.log_softmax(self.head(view.h), -1)
         dist = log_p.exp()
         if self.knobs.inference == "argmax":
             step = dist.argmax(-1) + 1

@@ -35,7 +35,7 @@ class Fixed(Policy):
         return self.knobs.steps or self.max_steps
 
     def step(self, memo: dict, view: View) -> Decision:
-        return Decision(halt=torch.full_like(view.mask, view.n >= self.depth))
+        return Decision(halt=torch.full_like(view.mask, view.n == self.depth))
 
     def finish(self, memo: dict, view: View) -> Halting:
         B, L = view.mask.shape

@@ -30,7 +30,9 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-token cross-entropy: logits [..., V], targets [...] → [...] (0 where ignored)."""
-    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+    if logits.dtype in (torch.float16, torch.bfloat16):  # the loss in at least float32
+        logits = logits.float()
+    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=IGNORE_INDEX, reduction="none")
     return flat.view(targets.shape)
 
