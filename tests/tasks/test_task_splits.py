@@ -175,3 +175,24 @@ def test_list_rank_train_labels_exact_and_ood_has_unseen() -> None:
     ood = [t for i in range(50) for t in task.example("ood", i).target if t is not None]
     unseen = [t for t in ood if t not in task.train_labels()]
     assert unseen and len(unseen) < len(ood)
+    for split in SPLITS:
+        for i in range(50):
+            ex = task.example(split, i)
+            flags = [f for f in ex.features["unseen_label"] if f is not None]
+            labels = [t for t in ex.target if t is not None]
+            assert flags == [int(t not in task.train_labels()) for t in labels]
+
+
+@pytest.mark.parametrize("name", [n for n in TASKS if "unseen_label" in T.get(n).example("ood", 0).features])
+def test_unseen_label_feature_agrees_with_train_labels(name: str) -> None:
+    """Tasks that flag unseen ood labels per token agree with ``Task.train_labels``."""
+    task = T.get(name)
+    labels = task.train_labels()
+    flagged = 0
+    for i in range(100):
+        ex = task.example("ood", i)
+        for t, f in zip(ex.target, ex.features["unseen_label"]):
+            if t is not None:
+                assert f == int(t not in labels), f"ood #{i}: label {t!r} flagged {f}"
+                flagged += f
+    assert flagged > 0

@@ -6,7 +6,8 @@ then the m edge tokens ``x>y`` in shuffled order, one per node: node x points to
 and the last node points to ``end`` (``x>end``). Target at every edge token: the distance of
 its source node x from the head, as a number token ``0 .. m-1``. Complexity: that distance
 (hard and easy tokens side by side in one sequence). Features: ``position``, ``m`` (the
-example's size), ``is_last`` (the edge to ``end``). Train/valid/test draw m in
+example's size), ``is_last`` (the edge to ``end``), ``unseen_label`` (1 where the
+distance is >= m_max, a label that never occurs in train). Train/valid/test draw m in
 [m_min, m_max]; ood draws longer lists, m in [ood_m_min, ood_m_max], so ood has distances
 never seen in training: :meth:`ListRank.train_labels` gives the exact train label set.
 """
@@ -66,8 +67,10 @@ class ListRank(Task):
         tokens = [f"head:{order[0]}"] + [tok for _, tok in edges]
         target: list[str | None] = [None] + [str(d) for d, _ in edges]
         complexity: list[int | None] = [None] + [d for d, _ in edges]
+        m_max = self.config.m_max
         features = {"position": list(range(m + 1)), "m": [m] * (m + 1),
-                    "is_last": [None] + [int(d == m - 1) for d, _ in edges]}
+                    "is_last": [None] + [int(d == m - 1) for d, _ in edges],
+                    "unseen_label": [None] + [int(d >= m_max) for d, _ in edges]}
         return Draft(tokens, target, complexity, features, {"m": m})
 
     def solve(self, input: list[str]) -> tuple[list[str | None], list[int | None]]:
