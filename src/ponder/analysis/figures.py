@@ -21,7 +21,7 @@ SPLIT_STYLE = {"train": "-", "valid": "-", "test": "-", "ood": "--"}
 
 
 def _new(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=DPI)  # no layout engine: 3-4x faster; bbox "tight" on save
     FigureCanvasAgg(fig)
     return fig
 
@@ -37,6 +37,7 @@ def render_alignment(analysis: dict[str, Any]) -> Figure:
     splits = list(analysis["alignment"])
     fig = _new(4.2 * max(len(splits), 1), 3.6)
     axes = fig.subplots(1, max(len(splits), 1), squeeze=False)[0]
+    fig.subplots_adjust(wspace=0.55)  # room for each panel's colour bar label
     for ax, split in zip(axes, splits):
         a = analysis["alignment"][split]
         counts = np.asarray(a["heatmap"]["counts"], dtype=float)
@@ -97,6 +98,7 @@ def render_generalisation(analysis: dict[str, Any]) -> Figure:
     """Accuracy and mean steps against the main size knob; the training range shaded."""
     fig = _new(13.0, 3.4)
     ax_acc, ax_steps, ax_labels = fig.subplots(1, 3)
+    fig.subplots_adjust(wspace=0.3)
     _render_labels(ax_labels, analysis)
     knob = _main_knob(analysis)
     if knob is None:
@@ -196,7 +198,7 @@ RENDERERS = {
 
 def png_bytes(fig: Figure) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.08)
     return buffer.getvalue()
 
 

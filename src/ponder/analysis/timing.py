@@ -9,25 +9,26 @@ A linear model (scikit-learn) predicts ``steps`` from two groups of per-token fe
   algorithm at that token (e.g. ``frontier_size``, ``dfs_depth``).
 
 Per split it reports the held-out R² of static-only, execution-only and both-groups models,
-and the permutation importance of each group (drop of held-out R² of the both-groups model
-when all the group's columns are shuffled together) and of each feature
-(``sklearn.inspection.permutation_importance``). An early decision (made from the prelude)
+and the permutation importance of each group and each feature: the drop of the both-groups
+model's held-out R² when the group's (feature's) columns are shuffled together — the
+procedure of ``sklearn.inspection.permutation_importance``, applied jointly to the several
+encoded columns a token identity or a group expands into. Encoding, fitting and scoring use
+scikit-learn (``SimpleImputer``, ``StandardScaler``, ``OneHotEncoder``, ``LinearRegression``,
+``r2_score``). An early decision (made from the prelude)
 can only use static cues; an online one can follow execution state.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
-from sklearn.inspection import permutation_importance
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from ponder.eval.records import FEATURE_PREFIX, PARAM_PREFIX
@@ -74,37 +75,70 @@ def feature_groups(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[s
     return table, static, execution, categorical
 
 
-def _model(columns: list[str], categorical: list[str]) -> Pipeline:
-    cats = [c for c in columns if c in categorical]
-    nums = [c for c in columns if c not in categorical]
-    transformers = []
-    if nums:
-        transformers.append(("num", make_pipeline(
-            SimpleImputer(strategy="mean", add_indicator=True, keep_empty_features=True),
-            StandardScaler()), nums))
-    if cats:
-        transformers.append(("cat", OneHotEncoder(handle_unknown="infrequent_if_exist",
-                                                  max_categories=MAX_TOKEN_CATEGORIES,
-                                                  sparse_output=False), cats))
-    return Pipeline([("features", ColumnTransformer(transformers)), ("linear", LinearRegression())])
+@dataclass
+class Design:
+    """Encoded features: ``x_train [n_train, k]``, ``x_test [n_test, k]`` and which encoded
+    columns each raw feature became (one-hot tokens → many, a numeric feature with missing
+    values → value + missing indicator)."""
+
+    x_train: np.ndarray
+    x_test: np.ndarray
+    columns: dict[str, list[int]]
+
+    def cols(self, features: list[str]) -> list[int]:
+        return [i for f in features for i in self.columns[f]]
 
 
-def _fit_r2(columns: list[str], categorical: list[str], x_train, y_train, x_test, y_test):
-    if not columns:
+def encode(train: pd.DataFrame, test: pd.DataFrame, categorical: list[str]) -> Design:
+    """Fit the encoders on ``train`` (impute + standardise numbers, one-hot categories)."""
+    blocks_train, blocks_test, columns, width = [], [], {}, 0
+    numeric = [c for c in train.columns if c not in categorical]
+    if numeric:
+        imputer = SimpleImputer(strategy="mean", add_indicator=True, keep_empty_features=True)
+        scaler = StandardScaler()
+        blocks_train.append(scaler.fit_transform(imputer.fit_transform(train[numeric])))
+        blocks_test.append(scaler.transform(imputer.transform(test[numeric])))
+        columns = {c: [i] for i, c in enumerate(numeric)}
+        flagged = imputer.indicator_.features_ if imputer.indicator_ is not None else []
+        for j, feature in enumerate(flagged):
+            columns[numeric[feature]].append(len(numeric) + j)
+        width = blocks_train[0].shape[1]
+    for c in categorical:
+        encoder = OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=MAX_TOKEN_CATEGORIES,
+                                sparse_output=False)
+        block = encoder.fit_transform(train[[c]])
+        blocks_train.append(block)
+        blocks_test.append(encoder.transform(test[[c]]))
+        columns[c] = list(range(width, width + block.shape[1]))
+        width += block.shape[1]
+    return Design(np.hstack(blocks_train), np.hstack(blocks_test), columns)
+
+
+def _fit_r2(design: Design, features: list[str], y_train, y_test):
+    """(model, held-out R²) of a linear model on ``features``; (None, None) without features."""
+    if not features:
         return None, None
-    model = _model(columns, categorical).fit(x_train[columns], y_train)
-    return model, float(r2_score(y_test, model.predict(x_test[columns])))
+    cols = design.cols(features)
+    model = LinearRegression().fit(design.x_train[:, cols], y_train)
+    return model, float(r2_score(y_test, model.predict(design.x_test[:, cols])))
 
 
-def _group_importance(model, columns, group, x, y, base, rng) -> dict[str, float]:
-    drops = []
-    for _ in range(N_REPEATS):
-        shuffled = x[columns].copy()
+def permutation_drop(x: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: float,
+                     cols: list[int], rng: np.random.Generator, n_repeats: int = N_REPEATS) -> np.ndarray:
+    """R² drops ``[n_repeats]`` when the rows of columns ``cols`` are shuffled together.
+
+    The same procedure as ``sklearn.inspection.permutation_importance`` (scoring "r2"), but one
+    permutation is applied jointly to every encoded column of a feature or group; for a
+    linear model only the permuted columns' contribution changes, so it is one mat-vec.
+    """
+    prediction = x @ coef + intercept
+    base = r2_score(y, prediction)
+    part = x[:, cols] @ coef[cols]
+    drops = np.empty(n_repeats)
+    for r in range(n_repeats):
         order = rng.permutation(len(x))
-        for col in group:  # one permutation for the whole group keeps its columns together
-            shuffled[col] = x[col].to_numpy()[order]
-        drops.append(base - r2_score(y, model.predict(shuffled)))
-    return {"mean": float(np.mean(drops)), "std": float(np.std(drops))}
+        drops[r] = base - r2_score(y, prediction - part + part[order])
+    return drops
 
 
 def analyse_split(frame: pd.DataFrame, *, seed: int = 0) -> dict[str, Any]:
@@ -126,27 +160,35 @@ def analyse_split(frame: pd.DataFrame, *, seed: int = 0) -> dict[str, Any]:
         out["note"] = "held-out steps are constant: R² undefined"
         return out
     both_cols = static + execution
-    _, r2_static = _fit_r2(static, categorical, x_train, y_train, x_test, y_test)
-    _, r2_exec = _fit_r2(execution, categorical, x_train, y_train, x_test, y_test)
-    model, r2_both = _fit_r2(both_cols, categorical, x_train, y_train, x_test, y_test)
+    design = encode(x_train, x_test, categorical)
+    _, r2_static = _fit_r2(design, static, y_train, y_test)
+    _, r2_exec = _fit_r2(design, execution, y_train, y_test)
+    model, r2_both = _fit_r2(design, both_cols, y_train, y_test)
     out["r2"] = {"static": r2_static, "execution": r2_exec, "both": r2_both}
     out["n_fit"] = int(len(x_train))
     out["n_heldout"] = int(len(x_test))
-    x_imp, y_imp = x_test[both_cols], y_test
+    # importance on (at most MAX_IMPORTANCE_ROWS) held-out rows of the both-groups model
+    x_imp, y_imp = design.x_test[:, design.cols(both_cols)], y_test
     if len(x_imp) > MAX_IMPORTANCE_ROWS:
         pick = rng.choice(len(x_imp), size=MAX_IMPORTANCE_ROWS, replace=False)
-        x_imp, y_imp = x_imp.iloc[pick], y_imp[pick]
-    base = float(r2_score(y_imp, model.predict(x_imp)))
-    groups = {"static": static, "execution": execution}
-    out["group_importance"] = {name: (_group_importance(model, both_cols, cols, x_imp, y_imp, base, rng)
-                                      if cols else None) for name, cols in groups.items()}
-    result = permutation_importance(model, x_imp, y_imp, scoring="r2", n_repeats=N_REPEATS,
-                                    random_state=seed)
-    ranked = sorted(zip(both_cols, result.importances_mean, result.importances_std),
-                    key=lambda t: -t[1])
+        x_imp, y_imp = x_imp[pick], y_imp[pick]
+    local = Design(x_imp, x_imp, {})
+    offset = 0
+    for f in both_cols:  # column indices inside the both-groups matrix
+        local.columns[f] = list(range(offset, offset + len(design.columns[f])))
+        offset += len(design.columns[f])
+    coef, intercept = model.coef_, float(model.intercept_)
+
+    def importance(features: list[str]) -> dict[str, float]:
+        drops = permutation_drop(x_imp, y_imp, coef, intercept, local.cols(features), rng)
+        return {"mean": float(drops.mean()), "std": float(drops.std())}
+
+    out["group_importance"] = {"static": importance(static) if static else None,
+                               "execution": importance(execution) if execution else None}
+    ranked = sorted(((f, importance([f])) for f in both_cols), key=lambda t: -t[1]["mean"])
     out["feature_importance"] = [
         {"feature": f, "group": "static" if f in static else "execution",
-         "importance": float(m), "std": float(s)} for f, m, s in ranked]
+         "importance": imp["mean"], "std": imp["std"]} for f, imp in ranked]
     if r2_both is None or r2_both < MIN_R2_FOR_SHARE:
         out["note"] = f"the linear model explains < {MIN_R2_FOR_SHARE:.0%} of the steps' variance"
         return out
