@@ -64,9 +64,9 @@ class RunData:
 
     @property
     def label(self) -> str:
-        """A short human label: ``<run dir name> (<policy>)``."""
+        """A short human label: ``<run dir name> (<policy>)`` (the policy only when it differs)."""
         policy = self.info.get("policy")
-        return f"{self.name} ({policy})" if policy else self.name
+        return f"{self.name} ({policy})" if policy and policy != self.name else self.name
 
 
 def sort_splits(names) -> list[str]:
