@@ -55,3 +55,15 @@ def test_cli_bad_input_is_one_line_and_exit_2(case, tmp_path, make_run, capsys):
         assert err.count("\n") == 1 and err.startswith("ponder: error:") and message in err
     assert not (run_dir / "analysis.json").exists()
     assert not (tmp_path / "r.html").exists()
+
+
+def test_an_empty_split_is_analysed_without_crashing(make_run, synth):
+    run_dir = make_run(n_examples=20)
+    empty = synth.make_records("ood", n_examples=3, policy="noisy").iloc[:0]
+    synth.write_records(run_dir / "eval" / "ood.parquet", empty, info={"policy": "noisy"})
+    (run_dir / "eval" / "ood.json").unlink()
+    result = analyze_run(run_dir)
+    assert result["alignment"]["ood"]["n"] == 0 and result["alignment"]["ood"]["rho"] is None
+    assert result["generalisation"]["ood"]["accuracy"] is None
+    assert result["compute"]["ood"]["token_steps"] == 0
+    assert (run_dir / "figures" / "alignment.png").exists()

@@ -50,6 +50,9 @@ def test_summary_numbers_come_from_the_records(three_runs):
     base_valid = baseline.split("valid")
     fixed_per_token = baseline.summaries["valid"]["wall_s"] / len(base_valid)
     assert cells[10] == f"{100 * (1 - per_token / fixed_per_token):.1f}%"
+    assert cells[11] == f"{(1 - saved_steps) / (per_token / fixed_per_token):.2f}"
+    base_row = re.search(r"<tr><td class=\"l\">baseline \(fixed\)</td>(.*?)</tr>", page).group(1)
+    assert re.findall(r"<td[^>]*>(.*?)</td>", base_row)[10] == "—"  # no baseline for itself
 
 
 def test_example_view_shows_each_tokens_steps_and_complexity(make_run, tmp_path):

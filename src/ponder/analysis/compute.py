@@ -15,8 +15,9 @@
   metadata (``d_model``, ``d_ff``, ``prelude``, ``core``, ``coda``, ``vocab_size``, also
   under a ``model`` key), else from ``config.yaml``'s ``model`` section, else the
   :class:`~ponder.models.config.ModelConfig` defaults (then ``dims_assumed`` is true).
-* **wall time** — the eval's measured ``wall_s`` and µs per token; the report sets it against
-  a fixed-policy run of the same task when one is compared.
+* **wall time** — the eval's measured ``wall_s``, µs per token and µs per token-step; the
+  report sets it against a fixed-policy run of the same task when one is compared (time
+  saved, and efficiency = compute ratio / time ratio: 1 when time follows the token-steps).
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def analyse(run: RunData) -> dict[str, dict[str, Any]]:
             },
             "wall_s": float(wall) if wall is not None else None,
             "wall_us_per_token": float(wall) / n * 1e6 if wall is not None and n else None,
+            "wall_us_per_token_step": (float(wall) / token_steps * 1e6
+                                       if wall is not None and token_steps else None),
         }
         given = summary.get("fixed_token_steps")
         if given is not None and int(given) != fixed_steps:

@@ -92,7 +92,7 @@ def analyse(run: RunData) -> dict[str, dict[str, Any]]:
         entry["train_range"] = {c[len(PARAM_PREFIX):]: ranges[c] for c in knobs}
         entry["labels"] = seen_unseen(frame)
         out[split] = entry
-    if ref is not None:
+    if ref is not None and out[ref]["n"]:
         for split, entry in out.items():
             if entry["in_distribution"] or entry["n"] == 0:
                 continue

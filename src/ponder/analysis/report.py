@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib import colormaps
 
 from ponder.analysis import figures
-from ponder.analysis.analyze import ANALYSIS_VERSION, analyze_run
+from ponder.analysis.analyze import ANALYSIS_VERSION, SECTIONS, analyze_run
 from ponder.analysis.load import RunData, is_in_distribution, load
 from ponder.errors import ConfigError
 
@@ -83,7 +83,11 @@ def _cached_analysis(run: RunData) -> dict[str, Any] | None:
         cached = json.loads(path.read_text())
     except (ValueError, OSError):
         return None
-    if cached.get("ponder_analysis_version") != ANALYSIS_VERSION or cached["run"]["splits"] != run.splits:
+    if not isinstance(cached, dict) or cached.get("ponder_analysis_version") != ANALYSIS_VERSION:
+        return None
+    if (cached.get("run") or {}).get("splits") != run.splits:
+        return None
+    if any(section not in cached for section in SECTIONS):
         return None
     return cached
 
@@ -127,10 +131,19 @@ def _time_saved(entry, baseline, split) -> float | None:
     return 1 - mine / theirs
 
 
+def _efficiency(entry, baseline, split) -> float | None:
+    """Compute ratio / time ratio vs the fixed run: 1 = time shrinks exactly with token-steps."""
+    saved = _time_saved(entry, baseline, split)
+    ratio = entry["analysis"]["compute"].get(split, {}).get("step_ratio") if split else None
+    if saved is None or ratio is None or saved >= 1:
+        return None
+    return ratio / (1 - saved)
+
+
 def _summary_table(entries: list[dict[str, Any]]) -> str:
     head = ("run", "policy", "task", "acc (in)", "acc (ood)", "ood acc seen / unseen labels",
             "mean steps in / ood", "ρ in [95% CI]", "ρ ood", "token-steps saved (in)",
-            "FLOPs saved (in)", "wall time saved vs fixed (in)")
+            "FLOPs saved (in)", "wall time saved vs fixed (in)", "time efficiency (in)")
     rows = []
     for e in entries:
         a, run = e["analysis"], e["run"]
@@ -159,13 +172,16 @@ def _summary_table(entries: list[dict[str, Any]]) -> str:
             f"<td>{_pct(comp.get('steps_saved'))}</td>",
             f"<td>{_pct((comp.get('flops') or {}).get('saved'))}</td>",
             f"<td>{_pct(_time_saved(e, base, ref))}</td>",
+            f"<td>{_fmt(_efficiency(e, base, ref), '.2f')}</td>",
         ]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     header = "".join(f'<th class="l">{h}</th>' if i < 3 else f"<th>{h}</th>" for i, h in enumerate(head))
     return (f'<table id="summary"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
             '<p class="note">in = the valid split (else test/train); ood = the out-of-distribution split. '
             "ρ: Spearman correlation of steps with complexity. Wall time saved compares µs per token "
-            "with a fixed-policy run of the same task in this report (— when there is none).</p>")
+            "with a fixed-policy run of the same task in this report (— when there is none); "
+            "time efficiency = (token-steps / fixed token-steps) / (time / fixed time): 1 when "
+            "time shrinks exactly with the compute, below 1 when it shrinks less.</p>")
 
 
 def _figure_grid(entries: list[dict[str, Any]]) -> str:
