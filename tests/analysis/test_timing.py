@@ -12,6 +12,17 @@ def test_feature_groups_split_static_from_execution(make_run):
     assert categorical == ["token"]
 
 
+def test_a_feature_is_in_the_same_group_in_every_split(make_run):
+    run = load(make_run(n_examples=20))
+    records = run.records.copy()
+    # constant within each valid example, varying within ood examples
+    records["feat_flag"] = np.where(records["split"] == "ood", records["position"] % 2, 0.0)
+    valid = records[records["split"] == "valid"]
+    assert "flag" in timing.feature_groups(valid)[1]
+    _, static, execution, _ = timing.feature_groups(valid, groups_from=records)
+    assert "flag" in execution and "flag" not in static
+
+
 def test_steps_equal_to_input_size_are_explained_by_the_static_group(make_run):
     run = load(make_run(policy="input_size", n_examples=300))
     for split in run.splits:

@@ -56,7 +56,8 @@ def analyse(run: RunData, *, seed: int = 0) -> dict[str, Any]:
     for i, split in enumerate(run.splits):
         frame = run.split(split)
         result["alignment"][split] = alignment.analyse_split(frame, seed=seed + 1000 * i)
-        result["decision_timing"][split] = timing.analyse_split(frame, seed=seed + 1000 * i)
+        result["decision_timing"][split] = timing.analyse_split(frame, seed=seed + 1000 * i,
+                                                                groups_from=run.records)
     result["generalisation"] = generalisation.analyse(run)
     result["compute"] = compute.analyse(run)
     return to_json(result)

@@ -40,12 +40,27 @@ MAX_TOKEN_CATEGORIES = 50  # one-hot columns for token identity (rarer tokens po
 MIN_R2_FOR_SHARE = 0.05    # below this held-out R², which group "explains" the steps is noise
 
 
-def feature_groups(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str], list[str]]:
+def static_feature_names(records: pd.DataFrame) -> set[str]:
+    """``feat_*`` columns constant within every example of ``records`` (all splits)."""
+    names = set()
+    for col in records.columns:
+        if col.startswith(FEATURE_PREFIX) and col != "feat_position":
+            per_example = records.groupby(["split", "example"])[col].nunique(dropna=False)
+            if bool((per_example <= 1).all()):
+                names.add(col)
+    return names
+
+
+def feature_groups(frame: pd.DataFrame, *, groups_from: pd.DataFrame | None = None
+                   ) -> tuple[pd.DataFrame, list[str], list[str], list[str]]:
     """Build the design table and split its columns into groups.
 
-    Returns ``(table, static_columns, execution_columns, categorical_columns)``; ``table`` has
-    one row per record (same index) and plain column names (prefixes stripped).
+    ``groups_from`` (default ``frame``): the records that decide which ``feat_*`` are
+    per-example (static); pass every split of the run so that a feature is in the same group
+    in every split. Returns ``(table, static_columns, execution_columns, categorical_columns)``;
+    ``table`` has one row per record (same index) and plain column names (prefixes stripped).
     """
+    per_example = static_feature_names(frame if groups_from is None else groups_from)
     table = pd.DataFrame(index=frame.index)
     static, execution, categorical = [], [], []
     position = frame["feat_position"] if "feat_position" in frame else frame["position"]
@@ -70,8 +85,7 @@ def feature_groups(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[s
         values = pd.to_numeric(frame[col], errors="coerce").astype(float)
         table[name] = values
         # A feature constant within every example describes the example, not the execution.
-        per_example = values.groupby([frame["split"], frame["example"]]).nunique(dropna=False)
-        (static if bool((per_example <= 1).all()) else execution).append(name)
+        (static if col in per_example else execution).append(name)
     return table, static, execution, categorical
 
 
@@ -141,9 +155,10 @@ def permutation_drop(x: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: 
     return drops
 
 
-def analyse_split(frame: pd.DataFrame, *, seed: int = 0) -> dict[str, Any]:
-    """Decision-timing numbers for one split's records."""
-    table, static, execution, categorical = feature_groups(frame)
+def analyse_split(frame: pd.DataFrame, *, seed: int = 0,
+                  groups_from: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Decision-timing numbers for one split's records (groups decided on ``groups_from``)."""
+    table, static, execution, categorical = feature_groups(frame, groups_from=groups_from)
     out: dict[str, Any] = {"static_features": static, "execution_features": execution,
                            "n_rows": int(len(frame)), "r2": None, "group_importance": None,
                            "feature_importance": [], "static_share": None}
