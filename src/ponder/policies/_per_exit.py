@@ -43,6 +43,11 @@ def per_exit_loss(step_logits: torch.Tensor, targets: torch.Tensor, weights: tor
     return masked_mean(per_token, scored_mask(targets))
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """Detached, at least float32 (decisions from half-precision states are computed wider)."""
+    return x.detach().to(torch.promote_types(x.dtype, torch.float32))
+
+
 def one_hot_steps(halt_step: torch.Tensor, n_steps: int, dtype: torch.dtype) -> torch.Tensor:
     """halt_step [B, L] long in 1..N → the deterministic distribution [B, L, N]."""
     return F.one_hot(halt_step - 1, n_steps).to(dtype)
@@ -78,6 +83,8 @@ class PerExitPolicy(Policy):
         new = fire & ~memo["done"]
         memo["halt_step"] = torch.where(new, view.n, memo["halt_step"])
         memo["done"] = memo["done"] | fire
+        if view.n == view.max_steps:  # the engine forces this anyway; say so in the decision
+            memo["done"] = torch.ones_like(memo["done"])
         if view.training:  # every exit's loss is needed: nobody halts, halt_step is recorded
             return Decision(halt=torch.zeros_like(view.mask))
         return Decision(halt=memo["done"])

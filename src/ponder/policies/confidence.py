@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ponder.policies._per_exit import PerExitPolicy
+from ponder.policies._per_exit import PerExitPolicy, wide
 from ponder.policies.base import View, knob
 from ponder.policies.halting import masked_mean
 from ponder.policies.registry import register
@@ -54,7 +54,7 @@ def decayed_threshold(threshold: float, positions: torch.Tensor, length: int) ->
 
 def softmax_margin(logits: torch.Tensor) -> torch.Tensor:
     """Top-1 minus top-2 probability: logits [B, L, V] → [B, L] in [0, 1] (1 when V = 1)."""
-    probs = torch.softmax(logits.detach().float(), -1)
+    probs = torch.softmax(wide(logits), -1)
     if probs.shape[-1] < 2:
         return torch.ones_like(probs[..., 0])
     top = probs.topk(2, dim=-1).values
@@ -63,7 +63,7 @@ def softmax_margin(logits: torch.Tensor) -> torch.Tensor:
 
 def saturation(h: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     """cos(h^n, h^{n−1}): [B, L, D] × [B, L, D] → [B, L] (0 for a zero vector, never NaN)."""
-    return F.cosine_similarity(h.detach().float(), prev.detach().float(), dim=-1, eps=1e-8)
+    return F.cosine_similarity(wide(h), wide(prev), dim=-1, eps=1e-8)
 
 
 @register
@@ -104,7 +104,7 @@ class Confidence(PerExitPolicy):
         if view.training:
             memo["exit_logit"].append(z)
             memo["pred"].append(view.logits().detach().argmax(-1))
-        return torch.sigmoid(z.detach().float())
+        return torch.sigmoid(wide(z))
 
     def start(self, view: View) -> dict:
         memo = super().start(view)

@@ -7,7 +7,9 @@ output), and the token stops at the first n ≥ 2 with
 
 The history includes Δ_n itself and holds signed deltas. First steps: at n = 1 the history
 is one delta, its range is 0 and the rule cannot fire; so the earliest exit is n = 2 (the
-rule needs ≥ 2 deltas, which this makes explicit). A token the rule never stops runs N steps.
+rule needs ≥ 2 deltas, which this makes explicit). A range below 1e-6·‖h^n‖ counts as 0
+(deltas that differ only by float rounding, e.g. a constant norm, are no history), so a
+constant norm never stops. A token the rule never stops runs N steps.
 
 Objective: since the rule has no parameters there is nothing to train for it, but an exit
 before N reads out an intermediate state, which a fixed-depth model never learned to read.
@@ -23,9 +25,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ponder.policies._per_exit import PerExitPolicy
+from ponder.policies._per_exit import PerExitPolicy, wide
 from ponder.policies.base import View, knob
 from ponder.policies.registry import register
+
+RANGE_TOL = 1e-6  # relative to ‖h^n‖: a smaller spread of the deltas is float rounding, not history
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,8 @@ class LacKnobs:
 
 
 def state_norm(h: torch.Tensor) -> torch.Tensor:
-    """[B, L, D] → ‖h‖₂ per token [B, L] (float32, no gradient: it only drives a decision)."""
-    return h.detach().float().norm(dim=-1)
+    """[B, L, D] → ‖h‖₂ per token [B, L] (≥ float32, no gradient: it only drives a decision)."""
+    return wide(h).norm(dim=-1)
 
 
 @register
@@ -49,8 +53,9 @@ class Lac(PerExitPolicy):
     def start(self, view: View) -> dict:
         memo = super().start(view)
         # running extremes of the signed deltas; ±inf until the first delta arrives
-        memo["dmax"] = torch.full_like(view.mask, -torch.inf, dtype=torch.float32)
-        memo["dmin"] = torch.full_like(view.mask, torch.inf, dtype=torch.float32)
+        dtype = wide(view.h).dtype
+        memo["dmax"] = torch.full_like(view.mask, -torch.inf, dtype=dtype)
+        memo["dmin"] = torch.full_like(view.mask, torch.inf, dtype=dtype)
         return memo
 
     def fires(self, memo: dict, view: View) -> torch.Tensor:
@@ -59,4 +64,7 @@ class Lac(PerExitPolicy):
         memo["dmin"] = torch.minimum(memo["dmin"], delta)
         if view.n < 2:  # one delta: no range to compare with
             return torch.zeros_like(view.mask)
-        return delta.abs() < self.knobs.alpha * (memo["dmax"] - memo["dmin"])
+        spread = memo["dmax"] - memo["dmin"]
+        # a history whose deltas differ only by rounding has no range (constant norm: never stop)
+        has_range = spread > RANGE_TOL * state_norm(view.h)
+        return has_range & (delta.abs() < self.knobs.alpha * spread)
