@@ -133,12 +133,12 @@ class CompactStepper:
     def __init__(self, *, core: Callable[[int], Group],
                  step_embedding: Optional[Callable[[int], Optional[torch.Tensor]]],
                  ctx: AttnContext, mask: torch.Tensor, max_steps: int,
-                 dense_fallback: float = DENSE_FALLBACK) -> None:
+                 dense_fallback: Optional[float] = None) -> None:
         self.core = core
         self.step_embedding = step_embedding
         self.ctx = ctx
         self.B, self.L = mask.shape
-        self.dense_fallback = dense_fallback
+        self.dense_fallback = DENSE_FALLBACK if dense_fallback is None else dense_fallback
         self.shared = max_steps < 2 or core(1) is core(2)
         self.caches: dict[int, list[KVCache]] = {}
         self.inplace = not torch.is_grad_enabled()

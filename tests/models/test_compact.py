@@ -1,0 +1,271 @@
+"""Compacted execution equals the dense reference: logits, steps and gradients.
+
+The dense engine (``execution="dense"``) is the reference; ``compact`` must give the same
+per-token results for every registered policy, both stack kinds, causal and bidirectional,
+with padding in the batch — and, in training, the same gradients. Policies are made to halt
+at varied depths (a random untrained model with default knobs often runs every token to N),
+and each test checks that tokens really halted at different steps, so compaction is exercised.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import dataclasses
+
+import pytest
+import torch
+
+import ponder.models as models
+import ponder.models.compact as compact
+import ponder.policies as policies
+from ponder.errors import ConfigError
+from ponder.models.config import ModelConfig
+from ponder.policies.scripted import ScriptedPolicy
+from ponder.tasks.batching import IGNORE_INDEX
+
+V = 13
+N = 6
+TOL = 1e-5
+
+
+def batch(B: int = 4, L: int = 9, seed: int = 0):
+    """tokens [B, L], mask [B, L] with two padded rows (one short), targets with pads ignored."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, V, (B, L), generator=g)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[1, L - 3:] = False
+    mask[2, 3:] = False
+    targets = torch.randint(0, V, (B, L), generator=g).masked_fill(~mask, IGNORE_INDEX)
+    return tokens, mask, targets
+
+
+def cfg(kind: str, causal: bool, **kw) -> ModelConfig:
+    base = dict(kind=kind, d_model=16, n_heads=2, d_ff=32, prelude=1, core=1, coda=1,
+                max_steps=N, causal=causal, positions="none", execution="dense")
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+# -- making a random model halt at varied depths ------------------------------------------
+KNOB_TRIES = {
+    "halt_bias": (-1.0, 0.0, 1.0, 2.0),
+    "threshold": (0.01, 0.1, 0.3, 0.7),
+    "stop": (0.9, 0.6),
+    "steps": (3,),
+    "patience": (1,),
+}
+
+
+def candidates(name: str):
+    """Knob overrides to try, each with and without perturbing the policy's parameters."""
+    fields = {f.name: f for f in policies.policy_class(name).knob_fields()}
+    overrides: list[dict] = [{}]
+    for knob, values in KNOB_TRIES.items():
+        if knob in fields:
+            lo, hi = fields[knob].metadata.get("lo"), fields[knob].metadata.get("hi")
+            overrides += [{knob: v} for v in values
+                          if (lo is None or v >= lo) and (hi is None or v <= hi)]
+    return [(o, perturb) for perturb in (False, True) for o in overrides]
+
+
+def build(name: str, config: ModelConfig, overrides: dict, perturb: bool):
+    torch.manual_seed(0)
+    model = models.build(config, policies.get(name, **overrides), vocab_size=V)
+    if perturb:
+        # break zero-initialised gates (every token alike) and sharpen the readout, so that
+        # confidence-type exits fire on some tokens and not on others
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in model.policy.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+            model.readout.head.weight.mul_(8.0)
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def halting_choice(name: str, kind: str, causal: bool, training: bool):
+    """The first candidate (knobs, perturb) whose dense run has ≥ 3 distinct step counts, else
+    the one with the most; → (overrides as a tuple of items, perturb, (distinct, early))."""
+    tokens, mask, _ = batch()
+    best, best_key = None, None
+    for overrides, perturb in candidates(name):
+        model = build(name, cfg(kind, causal), overrides, perturb).train(training)
+        with torch.no_grad():
+            steps = model(tokens, mask).steps[mask]
+        key = (len(torch.unique(steps)), int(steps.min() < N))
+        if best_key is None or key > best_key:
+            best, best_key = (tuple(overrides.items()), perturb), key
+        if key[0] >= 3:
+            break
+    return best[0], best[1], best_key
+
+
+def halting_model(name: str, config: ModelConfig, *, training: bool):
+    """A model of policy ``name`` that halts at varied depths (≥ 2 distinct step counts are
+    required in eval; in training a policy with an expected/per-exit objective runs every
+    token), and the (distinct step counts, some token halted early) of its dense run."""
+    overrides, perturb, key = halting_choice(name, config.kind, config.causal, training)
+    return build(name, config, dict(overrides), perturb).train(training), key
+
+
+def with_execution(model, execution: str):
+    twin = copy.deepcopy(model)
+    twin.cfg = dataclasses.replace(model.cfg, execution=execution)
+    return twin
+
+
+def combos():
+    out = []
+    for name in policies.names():
+        cls = policies.policy_class(name)
+        for kind in ("recurrent", "stacked"):
+            for causal in (False, True):
+                if kind in cls.kinds and (cls.causal or not causal):
+                    out.append((name, kind, causal))
+    return out
+
+
+def ids(c):
+    return f"{c[0]}-{c[1]}-{'causal' if c[2] else 'bidir'}"
+
+
+# -- every registered policy, inference ---------------------------------------------------
+@pytest.mark.parametrize("combo", combos(), ids=ids)
+def test_compact_equals_dense_in_eval(combo):
+    name, kind, causal = combo
+    dense, (distinct, early) = halting_model(name, cfg(kind, causal), training=False)
+    assert early, f"could not make policy {name!r} halt any token before step {N}"
+    if name != "fixed":  # a fixed depth is one depth by definition
+        assert distinct >= 2, f"policy {name!r} halted every token at the same step"
+    dense.eval()
+    comp = with_execution(dense, "compact").eval()
+    tokens, mask, _ = batch()
+    with torch.no_grad():
+        a = dense(tokens, mask)
+        b = comp(tokens, mask)
+    assert torch.equal(a.steps, b.steps)
+    torch.testing.assert_close(b.logits, a.logits, atol=TOL, rtol=TOL)
+    if a.halt_step is not None:
+        assert torch.equal(a.halt_step, b.halt_step)
+    if a.halt_dist is not None:
+        torch.testing.assert_close(b.halt_dist, a.halt_dist, atol=TOL, rtol=TOL)
+
+
+# -- every registered policy, training: same loss and gradients ---------------------------
+@pytest.mark.parametrize("never_dense", [False, True], ids=["fallback", "always-gather"])
+@pytest.mark.parametrize("combo", combos(), ids=ids)
+def test_compact_training_gradients_equal_dense(combo, never_dense, monkeypatch):
+    name, kind, causal = combo
+    if never_dense:
+        monkeypatch.setattr(compact, "DENSE_FALLBACK", 2.0)
+    dense, _ = halting_model(name, cfg(kind, causal), training=True)
+    dense.train()
+    comp = with_execution(dense, "compact").train()
+    tokens, mask, targets = batch()
+    losses = []
+    for model in (dense, comp):
+        out = model(tokens, mask)
+        loss, _ = model.loss(out, targets)
+        loss.backward()
+        losses.append((loss.detach(), out.steps))
+    assert torch.equal(losses[0][1], losses[1][1])
+    torch.testing.assert_close(losses[1][0], losses[0][0], atol=TOL, rtol=TOL)
+    for (pname, p), (_, q) in zip(dense.named_parameters(), comp.named_parameters()):
+        if p.grad is None:
+            assert q.grad is None or not q.grad.any(), pname
+            continue
+        torch.testing.assert_close(q.grad, p.grad, atol=TOL, rtol=1e-4, msg=pname)
+
+
+def test_hard_training_policies_really_halt_in_training():
+    """ACT-style policies halt in training too, so the gradient test above compacts there."""
+    tokens, mask, _ = batch()
+    for name in ("act", "ut_act", "stickbreak"):
+        model, (distinct, early) = halting_model(name, cfg("recurrent", False), training=True)
+        assert early and distinct >= 2, name
+
+
+# -- the engine's corner cases, with a scripted depth profile ------------------------------
+def scripted_models(kind: str, causal: bool, positions: str, core: int, steps: torch.Tensor):
+    torch.manual_seed(3)
+    config = cfg(kind, causal, positions=positions, core=core)
+    dense = models.build(config, ScriptedPolicy(steps=steps), vocab_size=V)
+    return dense, with_execution(dense, "compact")
+
+
+@pytest.mark.parametrize("fallback", [0.0, None, 2.0], ids=["always-dense", "default", "never-dense"])
+@pytest.mark.parametrize("positions", ["none", "rotary", "learned"])
+@pytest.mark.parametrize("kind,causal,core", [("recurrent", False, 1), ("recurrent", True, 2),
+                                              ("stacked", False, 2), ("stacked", True, 1)])
+def test_scripted_depths_equal_dense(kind, causal, core, positions, fallback, monkeypatch):
+    if fallback is not None:
+        monkeypatch.setattr(compact, "DENSE_FALLBACK", fallback)
+    tokens, mask, _ = batch(B=5, L=11, seed=2)
+    g = torch.Generator().manual_seed(4)
+    steps = torch.randint(1, N + 1, (5, 11), generator=g)
+    steps[0] = 1            # a sequence that is dropped after step 1
+    steps[3, :] = N         # one that runs to the end
+    dense, comp = scripted_models(kind, causal, positions, core, steps)
+    for model in (dense, comp):
+        model.eval()
+    with torch.no_grad():
+        a, b = dense(tokens, mask), comp(tokens, mask)
+    assert torch.equal(a.steps, b.steps)
+    assert torch.equal(a.steps, torch.where(mask, steps, 0))
+    torch.testing.assert_close(b.logits, a.logits, atol=TOL, rtol=TOL)
+
+
+def test_inference_mode_and_eval_with_autograd_agree():
+    """The in-place path (no autograd) and the out-of-place path give the same outputs."""
+    tokens, mask, _ = batch()
+    steps = torch.randint(1, N + 1, (4, 9), generator=torch.Generator().manual_seed(5))
+    _, comp = scripted_models("recurrent", True, "rotary", 2, steps)
+    comp.eval()
+    with torch.inference_mode():
+        a = comp(tokens, mask)
+    b = comp(tokens, mask)
+    torch.testing.assert_close(b.logits.detach(), a.logits, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("kind", ["recurrent", "stacked"])
+def test_scripted_gradients_equal_dense(kind):
+    """Frozen tokens stay keys/values without passing gradient to their state (dense rule),
+    through the gathered path (eval flag, autograd on: scripted depths halt in both modes)."""
+    tokens, mask, targets = batch()
+    steps = torch.randint(1, N + 1, (4, 9), generator=torch.Generator().manual_seed(6))
+    dense, comp = scripted_models(kind, True, "rotary", 2, steps)
+    grads = []
+    for model in (dense, comp):
+        model.eval()
+        model.zero_grad()
+        out = model(tokens, mask)
+        model.loss(out, targets)[0].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=TOL, rtol=1e-4, msg=name)
+
+
+# -- which execution runs ------------------------------------------------------------------
+def test_auto_is_compact_in_eval_and_dense_in_training(monkeypatch):
+    calls = []
+    real = compact.run_compact
+
+    def spy(*args, **kw):
+        calls.append(kw["training"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(compact, "run_compact", spy)
+    tokens, mask, _ = batch()
+    model = models.build(cfg("recurrent", False, execution="auto"), policies.get("act"), vocab_size=V)
+    model.train()(tokens, mask)
+    assert calls == []
+    with torch.no_grad():
+        model.eval()(tokens, mask)
+    assert calls == [False]
+
+
+def test_unknown_execution_is_a_config_error():
+    with pytest.raises(ConfigError, match="execution"):
+        models.build(cfg("recurrent", False, execution="sparse"), policies.get("fixed"), vocab_size=V)
