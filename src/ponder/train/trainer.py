@@ -106,9 +106,6 @@ class Trainer:
         existing = check_run_dir(self.run_dir, cfg)
         self.resume = existing and has_checkpoint(self.run_dir)
         self.ckpt = load_checkpoint(self.run_dir) if self.resume else None
-        D.barrier(self.world)
-        if self.world.is_main and not existing:
-            write_run_config(self.run_dir, cfg)
 
         seed_everything(cfg.run.seed)
         self.task = build_task(cfg)
@@ -135,6 +132,11 @@ class Trainer:
         self.valid_batches = list(stream(self.task, "valid", self.vocab, batch_size=b,
                                          num_batches=cfg.run.valid_batches,
                                          rank=self.world.rank, world=self.world.size))
+        # Written only once everything above succeeded: a config the model or the task
+        # refuses never leaves a half-made run directory behind.
+        D.barrier(self.world)
+        if self.world.is_main and not existing:
+            write_run_config(self.run_dir, cfg)
 
     def _restore(self, ckpt) -> None:
         load_weights(self.model, ckpt.weights)
