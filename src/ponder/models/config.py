@@ -35,7 +35,7 @@ class ModelConfig:
     norm: str = "rmsnorm"          # rmsnorm | layernorm
     step_embedding: bool = True    # add a learned embedding of the step index at each step
     dropout: float = 0.0
-    execution: str = "dense"       # dense (reference) | compact (gather active tokens only)
+    execution: str = "auto"        # auto (compact in eval, dense in training) | dense (reference) | compact
 
 
 @dataclass
