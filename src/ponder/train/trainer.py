@@ -193,7 +193,7 @@ class Trainer:
                                               dtype=torch.float64, device=self.device)])
             sums = D.all_reduce_sum(torch.cat([counts, extra]), self.world)
         if sums[7] > 0:
-            raise DivergedError(f"loss is {float(loss)} at step {self.step + 1}")
+            raise DivergedError(f"loss is {float(loss.detach())} at step {self.step + 1}")
         if self.world.distributed:
             # Means over the GLOBAL batch, not a mean of per-rank means: the objective is a
             # mean over scored tokens and the policy's aux loss a mean over real tokens, so
