@@ -170,7 +170,7 @@ def calm_reference(hs, W, b, t, measure, lam, policy, decay=False, T=64) -> int:
         elif measure == "saturation":
             c = sum(x * y for x, y in zip(h, prev)) / (norm(h) * norm(prev))
         else:
-            w, bias = policy.exit_head.weight[0].detach(), float(policy.exit_head.bias[0])
+            w, bias = policy.exit_head.weight[0].detach(), float(policy.exit_head.bias[0].detach())
             c = sigmoid(sum(float(wi) * x for wi, x in zip(w, h)) + bias)
         flags.append(c >= thr)
     return first_or_last(flags)
@@ -258,7 +258,7 @@ def test_confidence_classifier_bce_matches_loop():
     hs, mask, W = states(4), make_mask(), readout_matrix()
     policy = bound("confidence", measure="classifier", classifier_weight=0.5)
     _, halting = drive(policy, hs, mask, True, readout=lambda h: h @ W)
-    w, bias = policy.exit_head.weight[0].detach(), float(policy.exit_head.bias[0])
+    w, bias = policy.exit_head.weight[0].detach(), float(policy.exit_head.bias[0].detach())
     total, count = 0.0, 0
     for b in range(B):
         for t in range(L):
@@ -492,6 +492,16 @@ def test_per_exit_loss_and_training_decisions_in_a_model(name, knobs):
     assert stats["task_loss"] == pytest.approx(expected, rel=1e-5)
     idx = (out.halt_step - 1)[..., None, None].expand(-1, -1, 1, vocab)
     assert torch.equal(out.logits, out.step_logits.gather(2, idx).squeeze(2))
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not no_grad  # the exit classifier too (through its BCE aux loss)
+    if knobs.get("measure") == "classifier":
+        assert stats["aux_loss"] > 0
+        # its input is detached: the BCE alone sends no gradient into the backbone
+        model.zero_grad()
+        model(batch.tokens, batch.mask).aux_loss.backward()
+        assert all(p.grad is None or p.grad.abs().sum() == 0
+                   for n, p in model.named_parameters() if not n.startswith("policy."))
     if name == "patience":
         for b, t in batch.mask.nonzero().tolist():
             preds = [int(out.step_logits[b, t, n].argmax()) for n in range(n_steps)]
@@ -596,15 +606,17 @@ def test_ltt_returns_none_when_nothing_is_certified_and_checks_its_input():
         fixed_sequence_test([0.5], [0], 0, delta=0.1, epsilon=0.05)
 
 
-@pytest.mark.parametrize("unit", ["sequence", "token"])
-def test_calibrate_threshold_on_a_model(unit):
+@pytest.mark.parametrize("name,unit,cands", [
+    ("confidence", "sequence", [0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0]),
+    ("confidence", "token", [0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0]),
+    ("dat", "token", [0.01, 0.03, 0.05, 0.1, 0.3, 1.0])])
+def test_calibrate_threshold_on_a_model(name, unit, cands):
     torch.manual_seed(3)
     task = tasks.get("list_rank", m_min=3, m_max=6, ood_m_min=7, ood_m_max=8, n_labels=8)
     vocab = tasks.Vocab.for_task(task)
     batches = [tasks.collate([task.example("valid", 16 * j + i) for i in range(16)], vocab) for j in range(4)]
-    model = models.build(small_cfg(max_steps=4), policies.get("confidence", threshold=0.9), vocab_size=len(vocab))
+    model = models.build(small_cfg(max_steps=4), policies.get(name), vocab_size=len(vocab))
     model.train()
-    cands = [0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0]
     delta, eps = 0.3, 0.1
     result = calibrate_threshold(model, batches, delta=delta, epsilon=eps, candidates=cands, unit=unit)
     assert model.training and model.policy.threshold_override is None  # left as it was
