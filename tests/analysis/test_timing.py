@@ -32,6 +32,10 @@ def test_steps_equal_to_input_size_are_explained_by_the_static_group(make_run):
         assert t["group_importance"]["static"]["mean"] > 0.5
         assert abs(t["group_importance"]["execution"]["mean"]) < 0.01
         assert t["static_share"] > 0.99
+        part = t["r2_partition"]
+        assert part["execution_unique"] == pytest.approx(0.0, abs=1e-6)
+        assert part["static_unique"] == pytest.approx(1.0 - t["r2"]["execution"])
+        assert part["shared"] == pytest.approx(t["r2"]["execution"])
         assert t["feature_importance"][0]["group"] == "static"
 
 
@@ -44,6 +48,8 @@ def test_steps_following_frontier_size_are_explained_by_the_execution_group(make
         assert t["group_importance"]["execution"]["mean"] > 0.5
         assert abs(t["group_importance"]["static"]["mean"]) < 0.01
         assert t["static_share"] < 0.01
+        assert t["r2_partition"]["static_unique"] == pytest.approx(0.0, abs=1e-6)
+        assert t["r2_partition"]["execution_unique"] > 0.5
         assert t["feature_importance"][0]["feature"] == "frontier_size"
 
 

@@ -18,7 +18,7 @@ from ponder.analysis import alignment, compute, figures, generalisation, timing
 from ponder.analysis.load import RunData, load
 from ponder.eval.records import RECORDS_VERSION
 
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2  # bump when analysis.json changes: cached files are then recomputed
 SECTIONS = ("alignment", "generalisation", "decision_timing", "compute")
 FIGURE_DIR = "figures"
 

@@ -204,12 +204,16 @@ def _timing_table(entries: list[dict[str, Any]]) -> str:
                 f'<tr><td class="l">{html.escape(e["label"])}</td><td class="l">{html.escape(split)}</td>'
                 f"<td>{_fmt(r2.get('static'), '.2f')}</td><td>{_fmt(r2.get('execution'), '.2f')}</td>"
                 f"<td>{_fmt(r2.get('both'), '.2f')}</td>"
+                f"<td>{_fmt((t.get('r2_partition') or {}).get('static_unique'), '.2f')}</td>"
+                f"<td>{_fmt((t.get('r2_partition') or {}).get('execution_unique'), '.2f')}</td>"
+                f"<td>{_fmt((t.get('r2_partition') or {}).get('shared'), '.2f')}</td>"
                 f"<td>{_fmt((gi.get('static') or {}).get('mean'), '.2f')}</td>"
                 f"<td>{_fmt((gi.get('execution') or {}).get('mean'), '.2f')}</td>"
                 f"<td>{_pct(t.get('static_share'))}</td>"
                 f'<td class="l">{html.escape(top or t.get("note", ""))}</td></tr>')
     return ('<table id="timing"><tr><th class="l">run</th><th class="l">split</th><th>R² static</th>'
-            "<th>R² execution</th><th>R² both</th><th>importance static</th>"
+            "<th>R² execution</th><th>R² both</th><th>only static</th><th>only execution</th>"
+            "<th>shared</th><th>importance static</th>"
             '<th>importance execution</th><th>static share</th><th class="l">top features</th></tr>'
             + "".join(rows) + "</table>")
 

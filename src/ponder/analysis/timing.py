@@ -160,7 +160,8 @@ def analyse_split(frame: pd.DataFrame, *, seed: int = 0,
     """Decision-timing numbers for one split's records (groups decided on ``groups_from``)."""
     table, static, execution, categorical = feature_groups(frame, groups_from=groups_from)
     out: dict[str, Any] = {"static_features": static, "execution_features": execution,
-                           "n_rows": int(len(frame)), "r2": None, "group_importance": None,
+                           "n_rows": int(len(frame)), "r2": None, "r2_partition": None,
+                           "group_importance": None,
                            "feature_importance": [], "static_share": None}
     y = frame["steps"].to_numpy(dtype=float)
     if len(frame) < 20 or np.all(y == y[0]):
@@ -180,6 +181,13 @@ def analyse_split(frame: pd.DataFrame, *, seed: int = 0,
     _, r2_exec = _fit_r2(design, execution, y_train, y_test)
     model, r2_both = _fit_r2(design, both_cols, y_train, y_test)
     out["r2"] = {"static": r2_static, "execution": r2_exec, "both": r2_both}
+    if r2_static is not None and r2_exec is not None:
+        # Variance partition: what only one group explains, and what either explains alone.
+        # Robust where permutation importance is not: when a feature of one group is a
+        # function of the other group, the model splits credit between them arbitrarily.
+        out["r2_partition"] = {"static_unique": r2_both - r2_exec,
+                               "execution_unique": r2_both - r2_static,
+                               "shared": r2_static + r2_exec - r2_both}
     out["n_fit"] = int(len(x_train))
     out["n_heldout"] = int(len(x_test))
     # importance on (at most MAX_IMPORTANCE_ROWS) held-out rows of the both-groups model
