@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 import ponder.policies as policies
@@ -31,8 +28,8 @@ def test_unknown_policy_and_bad_knobs():
         policies.get("anira_e", inference="sample")
 
 
-def test_cli_bad_subcommand_is_one_line_exit_2():
-    proc = subprocess.run([sys.executable, "-m", "ponder", "policies", "nonsense"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert len(proc.stderr.strip().splitlines()) == 1
+def test_cli_bad_subcommand_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["policies", "nonsense"])
+    assert exc.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -24,7 +24,9 @@ rows flattened across the batch (``index_select``), take queries from them and k
 from their own sequence's rows of ``x`` (``Attention.queries / keys_values / attend``),
 run the MLP on the gathered rows, scatter back (``index_copy``). Policies never change:
 they only see the full ``[B, L, ...]`` tensors after the step and return ``[B, L]``
-decisions.
+decisions. (As built, ``execution="compact"`` — and ``"auto"`` at inference — hands the
+whole loop to ``ponder.models.compact.run_compact``, which keeps these semantics; the dense
+loop below stays the reference it is tested against.)
 """
 
 from __future__ import annotations
