@@ -97,3 +97,18 @@ def test_report_renders_in_headless_chromium(three_runs, tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text("<html><body><p>x</p><script>notDefined();</script></body></html>")
     assert any("Uncaught" in m for m in screenshot.render(bad, tmp_path / "bad.png", width=200, height=200).errors)
+
+
+def test_no_time_saved_against_a_fixed_run_of_another_model_size(make_run, tmp_path):
+    import json
+    import pyarrow.parquet as pq
+
+    adaptive = make_run("adaptive", policy="noisy", n_examples=10, splits=("valid",))
+    fixed = make_run("fixed", policy="fixed", n_examples=10, splits=("valid",))
+    path = fixed / "eval" / "valid.parquet"
+    table = pq.read_table(path)
+    info = json.loads(table.schema.metadata[b"ponder_run"]) | {"d_model": 128}
+    pq.write_table(table.replace_schema_metadata(table.schema.metadata | {b"ponder_run": json.dumps(info).encode()}), path)
+    page = write_report([adaptive, fixed], tmp_path / "r.html").read_text()
+    row = re.search(r"<tr><td class=\"l\">adaptive \(noisy\)</td>(.*?)</tr>", page).group(1)
+    assert re.findall(r"<td[^>]*>(.*?)</td>", row)[10] == "—"

@@ -110,10 +110,10 @@ def _ood(splits: Sequence[str]) -> str | None:
 
 
 def _fixed_baseline(entries: list[dict[str, Any]], entry: dict[str, Any]) -> dict[str, Any] | None:
-    """A compared run of the same task that always ran max_steps (the fixed-depth baseline)."""
-    task = entry["run"].info.get("task")
+    """A compared run of the same task and model size that always ran max_steps (the baseline)."""
+    same = ("task", "max_steps", "d_model", "model_kind")
     for other in entries:
-        if other is entry or other["run"].info.get("task") != task:
+        if other is entry or any(other["run"].info.get(k) != entry["run"].info.get(k) for k in same):
             continue
         c = other["analysis"]["compute"]
         if other["run"].info.get("policy") == "fixed" or all(v["step_ratio"] == 1 for v in c.values()):
@@ -179,7 +179,7 @@ def _summary_table(entries: list[dict[str, Any]]) -> str:
     return (f'<table id="summary"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
             '<p class="note">in = the valid split (else test/train); ood = the out-of-distribution split. '
             "ρ: Spearman correlation of steps with complexity. Wall time saved compares µs per token "
-            "with a fixed-policy run of the same task in this report (— when there is none); "
+            "with a fixed-policy run of the same task and model size in this report (— when there is none); "
             "time efficiency = (token-steps / fixed token-steps) / (time / fixed time): 1 when "
             "time shrinks exactly with the compute, below 1 when it shrinks less.</p>")
 
