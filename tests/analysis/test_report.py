@@ -55,10 +55,11 @@ def test_summary_numbers_come_from_the_records(three_runs):
     assert re.findall(r"<td[^>]*>(.*?)</td>", base_row)[10] == "—"  # no baseline for itself
 
 
-def test_example_view_shows_each_tokens_steps_and_complexity(make_run, tmp_path):
-    run_dir = make_run(policy="noisy", n_examples=30, splits=("valid",))
-    page = write_report([run_dir], tmp_path / "r.html").read_text()
-    frame = load(run_dir).split("valid")
+def test_example_view_shows_each_tokens_steps_and_complexity(three_runs):
+    runs, report = three_runs
+    page = report.read_text()
+    page = page[page.index("<h3>adaptive (noisy)</h3>"):page.index("<h3>baseline (fixed)</h3>")]
+    frame = load(runs[0]).split("valid")
     chosen = pick_examples(frame)
     levels = frame.groupby("example")["complexity"].nunique()
     assert len(chosen) == 2 and levels[chosen[0]] == levels.max()
