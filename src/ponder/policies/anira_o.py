@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import torch
+
 from ponder.policies._anira import ANIRA_PAPER, AniraKnobs, anira_aux
 from ponder.policies.base import Halting, View
 from ponder.policies.halting import threshold_step
 from ponder.policies.pondernet import ConditionalHalting
 from ponder.policies.registry import register
-
-import torch
 
 
 @register
