@@ -1,40 +1,195 @@
-"""Temporary ``ponder demo``: the task catalogue and one example of every task.
+"""``ponder demo [--out DIR]``: the main job, end to end on the CPU in a few minutes.
 
-A placeholder until the trainer's demo (train → eval → analyse → report) replaces this file.
+Trains a fixed-depth baseline and the two ANIRA policies (early and online halting, same
+objective and regulariser) on ``list_rank`` (pointer chasing: each token's difficulty is its
+distance from the head), evaluates each in distribution (``valid``) and on longer lists
+(``ood``), prints a table — accuracy, mean steps, and the Spearman correlation between the
+steps a token took and its complexity, learned without any complexity supervision — then
+analyses the runs and writes an HTML report.
+
+Every run stops when its validation token accuracy reaches ``STOP_AT_ACC`` or its share of
+the wall-clock budget runs out; time a run does not use goes to the runs after it. The
+runs' configs are ``configs/demo_<policy>.yaml`` (the same settings as ``DEMO_RUNS``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
+import math
+import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = "runs/demo"
+TASK_KNOBS = dict(m_min=4, m_max=10, ood_m_min=12, ood_m_max=16, n_labels=20)
+# Settings measured to learn list_rank in about a CPU-minute (reference/measured.md): no
+# positional embeddings (the edges are a shuffled set), d_model 64, 4 heads, lr 3e-3,
+# batch 64, halting bias -3 ("deep start"), beta 0.05, lambda_p 0.3.
+COMMON = [
+    "task.name=list_rank", *[f"task.knobs.{k}={v}" for k, v in TASK_KNOBS.items()],
+    "model.kind=recurrent", "model.positions=none", "model.d_model=64", "model.n_heads=4",
+    "model.d_ff=128", "model.prelude=1", "model.core=1", "model.coda=1", "model.max_steps=8",
+    "optim.lr=3e-3", "optim.weight_decay=0.0", "optim.grad_clip=1.0",
+    "schedule.warmup=50", "schedule.total=3000", "schedule.min_ratio=0.1",
+    "run.seed=0", "run.batch_size=64", "run.steps=3000", "run.eval_every=50",
+    "run.ckpt_every=250", "run.log_every=10", "run.valid_batches=4",
+]
+HALTING = ["policy.knobs.beta=0.05", "policy.knobs.lambda_p=0.3", "policy.knobs.halt_bias=-3.0"]
+STOP_AT_ACC = 0.99
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="show the task catalogue and one example of every task")
-    p.add_argument("--out", default=None, help="also write the examples to DIR/tasks.jsonl")
-    p.set_defaults(func=run)
+@dataclass(frozen=True)
+class DemoRun:
+    policy: str
+    overrides: tuple[str, ...]
+    share: float          # fraction of the training budget
+
+
+DEMO_RUNS: tuple[DemoRun, ...] = (
+    DemoRun("fixed", ("policy.name=fixed",), 0.26),
+    DemoRun("anira_e", ("policy.name=anira_e", *HALTING), 0.37),
+    DemoRun("anira_o", ("policy.name=anira_o", *HALTING), 0.37),
+)
+SUMMARY_FIELDS = ("policy", "valid_acc", "ood_acc", "mean_steps", "spearman", "train_s")
+
+
+def run_overrides(run: DemoRun, *, budget_s: float, threads: int) -> list[str]:
+    return [*COMMON, *run.overrides, f"run.threads={threads}",
+            f"run.time_budget_s={budget_s:.1f}", f"run.stop_at_acc={STOP_AT_ACC}"]
+
+
+def spearman(steps: Any, complexity: Any) -> float | None:
+    """Spearman ρ between per-token steps and complexity (None when steps are constant)."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    steps, complexity = np.asarray(steps), np.asarray(complexity)
+    if len(steps) < 3 or steps.min() == steps.max() or complexity.min() == complexity.max():
+        return None
+    rho = spearmanr(steps, complexity).statistic
+    return None if not math.isfinite(rho) else float(rho)
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def print_table(records: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="ponder demo: list_rank (m 4–10; ood m 12–16)")
+    for name, justify in (("policy", "left"), ("valid acc", "right"), ("ood acc", "right"),
+                          ("ood acc (seen labels)", "right"), ("mean steps", "right"),
+                          ("Spearman ρ steps↔complexity", "right"), ("train s", "right")):
+        table.add_column(name, justify=justify)
+    for r in records:
+        table.add_row(r["policy"], _fmt(r["valid_acc"]), _fmt(r["ood_acc"]), _fmt(r["ood_acc_seen"]),
+                      f"{_fmt(r['mean_steps'], '.2f')} / {r['max_steps']}", _fmt(r["spearman"]),
+                      _fmt(r["train_s"], ".0f"))
+    Console().print(table)
+
+
+def _prepare_out(out: Path, policies: list[str]) -> None:
+    from ponder.errors import ConfigError
+    from ponder.train.rundir import CONFIG_FILE
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
+    for policy in policies:
+        run_dir = out / policy
+        if run_dir.exists():
+            if not (run_dir / CONFIG_FILE).exists():
+                raise ConfigError(f"{str(run_dir)!r} exists and is not a ponder run; "
+                                  f"choose another --out")
+    for policy in policies:  # a demo run is replaced as a whole: budgets differ per call
+        if (out / policy).exists():
+            shutil.rmtree(out / policy)
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ponder.tasks import get, names
-    from ponder.tasks.catalog import render_text
-    from ponder.tasks.cli import cmd_list
+    import pyarrow.parquet as pq
 
-    cmd_list(args)
-    examples = []
-    for name in names():
-        ex = get(name).example("valid", 0)
-        examples.append(ex)
-        print(render_text(ex), end="\n\n")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.writelines(json.dumps(e.to_json()) + "\n" for e in examples)
-        os.replace(tmp, out / "tasks.jsonl")
-        print(f"wrote {out / 'tasks.jsonl'}")
+    from ponder.eval.evaluate import evaluate_run
+    from ponder.train.checkpoint import atomic_write_text
+    from ponder.train.config import load_config
+    from ponder.train.trainer import train
+
+    from ponder.errors import ConfigError
+
+    if not args.budget > 0 or args.threads < 1 or args.n < 1:
+        raise ConfigError("--budget must be > 0, --threads and --n >= 1")
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    runs = [r for r in DEMO_RUNS if not args.policies or r.policy in args.policies]
+    _prepare_out(out, [r.policy for r in runs])
+    print(f"ponder demo: {len(runs)} runs on list_rank, {args.threads} threads, "
+          f"training budget {args.budget:.0f}s → {out}/", flush=True)
+    records: list[dict[str, Any]] = []
+    spare = 0.0
+    total_share = sum(r.share for r in runs)
+    for i, demo_run in enumerate(runs, 1):
+        budget = args.budget * demo_run.share / total_share + spare
+        print(f"[{i}/{len(runs)}] training {demo_run.policy} (up to {budget:.0f}s or valid acc "
+              f"{STOP_AT_ACC})", flush=True)
+        cfg = load_config(None, run_overrides(demo_run, budget_s=budget, threads=args.threads))
+        run_dir = out / demo_run.policy
+        result = train(cfg, run_dir, progress=args.progress, label=demo_run.policy)
+        spare = max(0.0, budget - result.train_s)
+        print(f"      evaluating {demo_run.policy} on valid and ood ({args.n} examples each)",
+              flush=True)
+        summaries = evaluate_run(run_dir, ("valid", "ood"), n=args.n, threads=args.threads)
+        valid = pq.read_table(run_dir / "eval" / "valid.parquet",
+                              columns=["steps", "complexity"]).to_pandas()
+        v, o = summaries["valid"], summaries["ood"]
+        records.append({
+            "policy": demo_run.policy, "valid_acc": v["token_acc"], "ood_acc": o["token_acc"],
+            "mean_steps": v["mean_steps"], "spearman": spearman(valid.steps, valid.complexity),
+            "train_s": result.train_s, "ood_acc_seen": o["acc_seen"], "ood_mean_steps": o["mean_steps"],
+            "max_steps": v["max_steps"], "train_steps": result.step, "stop_reason": result.reason,
+            "run_dir": str(run_dir),
+        })
+        atomic_write_text(out / "summary.json", json.dumps(records, indent=1))
+    print_table(records)
+    report = None
+    try:
+        import ponder.analysis as analysis
+
+        analyze_run, write_report = analysis.analyze_run, analysis.write_report
+    except (ImportError, AttributeError):
+        analyze_run = write_report = None
+    if analyze_run is not None and not args.no_report:
+        print("analysing the runs and writing the report ...", flush=True)
+        for r in records:
+            analyze_run(r["run_dir"])
+        report = write_report([r["run_dir"] for r in records], out / "report.html")
+    wall = time.perf_counter() - t0
+    atomic_write_text(out / "timing.json", json.dumps(
+        {"wall_s": wall, "threads": args.threads, "budget_s": args.budget}, indent=1))
+    print(f"summary: {out / 'summary.json'}")
+    for r in records:
+        print(f"run {r['policy']}: {r['run_dir']}/ (config.yaml, metrics.jsonl, tb/, checkpoints/, "
+              f"eval/{{valid,ood}}.parquet)")
+    if report is not None:
+        print(f"report: {report}")
+    print(f"done in {wall:.0f}s")
     return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="train fixed-depth and adaptive models, evaluate, report",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    p.add_argument("--budget", type=float, default=210.0,
+                   help="wall-clock seconds of training shared by the runs (default 210)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--n", type=int, default=1000, help="examples per evaluated split (default 1000)")
+    p.add_argument("--policies", nargs="+", choices=[r.policy for r in DEMO_RUNS], default=None,
+                   help="run only these policies")
+    p.add_argument("--progress", choices=("auto", "rich", "plain", "none"), default="auto")
+    p.add_argument("--no-report", action="store_true", help="skip the analysis and the HTML report")
+    p.set_defaults(func=run)
