@@ -113,3 +113,13 @@ def test_no_time_saved_against_a_fixed_run_of_another_model_size(make_run, tmp_p
     page = write_report([adaptive, fixed], tmp_path / "r.html").read_text()
     row = re.search(r"<tr><td class=\"l\">adaptive \(noisy\)</td>(.*?)</tr>", page).group(1)
     assert re.findall(r"<td[^>]*>(.*?)</td>", row)[10] == "—"
+
+
+def test_screenshot_tool_refuses_a_missing_page(tmp_path, capsys):
+    from ponder.analysis import screenshot
+    from ponder.errors import PonderError
+
+    with pytest.raises(PonderError, match="no such HTML file"):
+        screenshot.render(tmp_path / "absent.html", tmp_path / "x.png")
+    assert screenshot.main([str(tmp_path / "absent.html"), str(tmp_path / "x.png")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -34,6 +34,7 @@ h1 { margin-bottom: 4px; } h2 { margin-top: 32px; border-bottom: 1px solid #ddd;
 table { border-collapse: collapse; margin: 8px 0; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; font-size: 13px; }
 th { background: #f3f3f3; } td.l, th.l { text-align: left; }
+#summary td:not(.l), #timing td:not(.l) { white-space: nowrap; }
 .figs td { vertical-align: top; text-align: center; border: none; }
 .figwrap { overflow-x: auto; }
 .figs img { width: 100%; min-width: 440px; max-width: 900px; }
