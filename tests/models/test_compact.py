@@ -21,6 +21,7 @@ import ponder.models.compact as compact
 import ponder.policies as policies
 from ponder.errors import ConfigError
 from ponder.models.config import ModelConfig
+from ponder.models.layers import AttnContext
 from ponder.policies.scripted import ScriptedPolicy
 from ponder.tasks.batching import IGNORE_INDEX
 
@@ -194,16 +195,20 @@ def scripted_models(kind: str, causal: bool, positions: str, core: int, steps: t
     return dense, with_execution(dense, "compact")
 
 
-@pytest.mark.parametrize("fallback", [0.0, None, 2.0], ids=["always-dense", "default", "never-dense"])
+@pytest.mark.parametrize("fallback,saving", [(0.0, None), (None, None), (2.0, 1.0), (2.0, 0.0)],
+                         ids=["always-dense", "default", "one-group", "split-groups"])
 @pytest.mark.parametrize("positions", ["none", "rotary", "learned"])
 @pytest.mark.parametrize("kind,causal,core", [("recurrent", False, 1), ("recurrent", True, 2),
                                               ("stacked", False, 2), ("stacked", True, 1)])
-def test_scripted_depths_equal_dense(kind, causal, core, positions, fallback, monkeypatch):
+def test_scripted_depths_equal_dense(kind, causal, core, positions, fallback, saving, monkeypatch):
     if fallback is not None:
         monkeypatch.setattr(compact, "DENSE_FALLBACK", fallback)
+    if saving is not None:
+        monkeypatch.setattr(compact, "GROUP_SAVING", saving)
     tokens, mask, _ = batch(B=5, L=11, seed=2)
     g = torch.Generator().manual_seed(4)
     steps = torch.randint(1, N + 1, (5, 11), generator=g)
+    steps[4, :8] = 1        # few active tokens here, many elsewhere: unequal groups
     steps[0] = 1            # a sequence that is dropped after step 1
     steps[3, :] = N         # one that runs to the end
     dense, comp = scripted_models(kind, causal, positions, core, steps)
@@ -214,6 +219,16 @@ def test_scripted_depths_equal_dense(kind, causal, core, positions, fallback, mo
     assert torch.equal(a.steps, b.steps)
     assert torch.equal(a.steps, torch.where(mask, steps, 0))
     torch.testing.assert_close(b.logits, a.logits, atol=TOL, rtol=TOL)
+
+
+def test_split_groups_really_split():
+    active = torch.zeros(6, 10, dtype=torch.bool)
+    active[:2] = True
+    active[2:, 0] = True
+    mask = torch.ones(6, 10, dtype=torch.bool)
+    index = compact.build_index(active, AttnContext.build(mask, causal=False), dense=False)
+    assert [g.a_max for g in index.groups] == [10, 1]
+    assert index.order is not None
 
 
 def test_inference_mode_and_eval_with_autograd_agree():

@@ -45,82 +45,113 @@ if TYPE_CHECKING:  # engine imports this module lazily; no import cycle at run t
 # Above this fraction of active tokens a step skips the query gather/scatter (measured:
 # ``ponder bench`` / docs/performance.md).
 DENSE_FALLBACK = 0.95
+# Split the padded attention call in two groups of sequences (sorted by active count) when
+# that saves more than this fraction of the padded query grid.
+GROUP_SAVING = 0.25
+
+
+@dataclass
+class QueryGroup:
+    """Sequences whose active queries share one padded attention call.
+
+    seqs   [G] long | None   sequence ids (None: all B, in order)
+    a_max  int               largest active count among them (the padded query length)
+    slot   [Tg] long         each query's row in the padded ``[G·a_max]`` grid
+    take   [Tg] long | None  which of the step's T query rows these are (None: all, in order)
+    qmask  [G, 1, a_max, L] | [G, 1, 1, L] bool | None   attention mask of the padded queries
+    """
+
+    seqs: Optional[torch.Tensor]
+    a_max: int
+    slot: torch.Tensor
+    take: Optional[torch.Tensor]
+    qmask: Optional[torch.Tensor]
 
 
 @dataclass
 class StepIndex:
     """Where the active tokens of one step are; built once per step, shared by its blocks.
 
-    rows     [T] long          flat indices (b·L + l) of the active tokens, sorted
-    dense    bool              every row of the batch is a query (no padding, no scatter)
-    live     [B'] long | None  sequences with an active token (None: all B)
-    slot     [T] long          index of each active token in the padded [B'·A_max] query grid
-    a_max    int               largest number of active tokens in one sequence
-    qmask    [B', 1, A_max|1, L] bool | None   attention mask of the padded queries
-    pos      [T] long          position of each active token in its sequence
+    rows    [T] long     flat indices (b·L + l) of the active tokens, sorted
+    dense   bool         every row of the batch is a query (no gather, no padding)
+    groups  list[QueryGroup]  padded attention calls (empty when dense)
+    order   [T] long | None   undoes the concatenation of the groups' outputs (None: 1 group)
+    qmask   mask of the dense step (None: nothing to mask)
+    alive   [B] bool     sequences with an active token
     """
 
     rows: torch.Tensor
     dense: bool
-    live: Optional[torch.Tensor]
-    slot: torch.Tensor
-    a_max: int
+    groups: list
+    order: Optional[torch.Tensor]
     qmask: Optional[torch.Tensor]
-    pos: torch.Tensor
+    alive: torch.Tensor
+
+
+def _needs_mask(ctx: AttnContext) -> bool:
+    return ctx.causal or not bool(ctx.key_mask.all())
 
 
 def build_index(active: torch.Tensor, ctx: AttnContext, *, dense: bool) -> StepIndex:
     """active [B, L] bool → the step's :class:`StepIndex`."""
     B, L = active.shape
-    device = active.device
+    flat = active.reshape(-1)
+    counts = active.sum(1)
+    alive = counts > 0
     if dense:
-        rows = torch.arange(B * L, device=device)
-        pos = rows % L
-        if ctx.causal or not bool(ctx.key_mask.all()):
-            qmask = ctx.attn_mask
+        rows = torch.arange(B * L, device=active.device)
+        qmask = ctx.attn_mask if _needs_mask(ctx) else None
+        return StepIndex(rows=rows, dense=True, groups=[], order=None, qmask=qmask, alive=alive)
+    rows = flat.nonzero().view(-1)
+    seq = torch.div(rows, L, rounding_mode="floor")
+    # rank of each active token among its sequence's active tokens
+    rank = (active.cumsum(1) - 1).view(-1).index_select(0, rows)
+    counts_l = counts.tolist()
+    live = [b for b in range(B) if counts_l[b] > 0]
+    by_count = sorted(live, key=lambda b: -counts_l[b])
+    a_top = counts_l[by_count[0]]
+    # best split of the count-sorted sequences into two padded calls
+    best_k, best_cost = len(by_count), len(by_count) * a_top
+    for k in range(1, len(by_count)):
+        cost = k * a_top + (len(by_count) - k) * counts_l[by_count[k]]
+        if cost < best_cost:
+            best_k, best_cost = k, cost
+    if best_cost < (1 - GROUP_SAVING) * len(by_count) * a_top:
+        parts = [sorted(by_count[:best_k]), sorted(by_count[best_k:])]
+    else:
+        parts = [live]
+    groups = []
+    takes = []
+    for part in parts:
+        a_max = max(counts_l[b] for b in part)
+        if len(parts) == 1 and len(part) == B:
+            seqs, take, slot_seq = None, None, seq
+        else:
+            seqs = torch.tensor(part, device=active.device)
+            new_id = torch.full((B,), -1, dtype=torch.long, device=active.device)
+            new_id[seqs] = torch.arange(len(part), device=active.device)
+            if len(parts) == 1:
+                take, slot_seq = None, new_id.index_select(0, seq)
+            else:
+                take = (new_id.index_select(0, seq) >= 0).nonzero().view(-1)
+                slot_seq = new_id.index_select(0, seq.index_select(0, take))
+                takes.append(take)
+        slot = slot_seq * a_max + (rank if take is None else rank.index_select(0, take))
+        if ctx.causal:
+            # each query keeps its own row of the dense mask; padded query rows see every key
+            # (never all-masked, so no NaN reaches the backward pass)
+            g_rows = rows if take is None else rows.index_select(0, take)
+            grid = torch.ones(len(part) * a_max, L, dtype=torch.bool, device=active.device)
+            grid.index_copy_(0, slot, ctx.attn_mask.reshape(B * L, L).index_select(0, g_rows))
+            qmask = grid.view(len(part), 1, a_max, L)
+        elif _needs_mask(ctx):
+            km = ctx.key_mask if seqs is None else ctx.key_mask.index_select(0, seqs)
+            qmask = km[:, None, None, :]
         else:
             qmask = None
-        return StepIndex(rows=rows, dense=True, live=None, slot=rows, a_max=L, qmask=qmask, pos=pos)
-    flat = active.reshape(-1)
-    rows = flat.nonzero().squeeze(1)
-    counts = active.sum(1)
-    live_mask = counts > 0
-    n_live = int(live_mask.sum())
-    a_max = int(counts.max())
-    seq = torch.div(rows, L, rounding_mode="floor")
-    pos = rows - seq * L
-    # rank of each active token among its sequence's active tokens
-    rank = (active.cumsum(1) - 1).reshape(-1).index_select(0, rows)
-    if n_live < B:
-        live = live_mask.nonzero().squeeze(1)
-        new_id = torch.cumsum(live_mask.long(), 0) - 1           # old sequence → live index
-        seq_live = new_id.index_select(0, seq)
-    else:
-        live, seq_live = None, seq
-    slot = seq_live * a_max + rank
-    if ctx.causal:
-        # each query keeps its own row of the dense mask; padded query rows see every key
-        # (never all-masked, so no NaN reaches the backward pass)
-        grid = torch.ones(n_live * a_max, L, dtype=torch.bool, device=device)
-        grid.index_copy_(0, slot, ctx.attn_mask.reshape(B * L, L).index_select(0, rows))
-        qmask = grid.view(n_live, 1, a_max, L)
-    elif not bool(ctx.key_mask.all()):
-        km = ctx.key_mask if live is None else ctx.key_mask.index_select(0, live)
-        qmask = km[:, None, None, :]
-    else:
-        qmask = None
-    return StepIndex(rows=rows, dense=False, live=live, slot=slot, a_max=a_max, qmask=qmask, pos=pos)
-
-
-class KVCache:
-    """Keys/values ``[B·L, 2D]`` of one block for every token, with the rows that are stale.
-
-    ``stale [B·L] bool``: rows whose block input changed since their keys/values were computed.
-    """
-
-    def __init__(self, *, rows: int, width: int, like: torch.Tensor) -> None:
-        self.kv = like.new_zeros(rows, width)
-        self.stale = torch.ones(rows, dtype=torch.bool, device=like.device)
+        groups.append(QueryGroup(seqs=seqs, a_max=a_max, slot=slot, take=take, qmask=qmask))
+    order = torch.argsort(torch.cat(takes)) if takes else None
+    return StepIndex(rows=rows, dense=False, groups=groups, order=order, qmask=None, alive=alive)
 
 
 class CompactStepper:
@@ -128,6 +159,10 @@ class CompactStepper:
 
     core(n) → Group of step n; step_embedding(n) → [D] or None. ``shared``: the same Group
     object is used at several steps, so its keys/values are worth caching across steps.
+
+    Per block a key/value cache ``[B·L, 2D]``; per group of blocks ``stale [B·L] bool``, the
+    rows whose block input changed since their keys/values were computed (all blocks of a
+    group see the same rows change).
     """
 
     def __init__(self, *, core: Callable[[int], Group],
@@ -140,9 +175,12 @@ class CompactStepper:
         self.B, self.L = mask.shape
         self.dense_fallback = DENSE_FALLBACK if dense_fallback is None else dense_fallback
         self.shared = max_steps < 2 or core(1) is core(2)
-        self.caches: dict[int, list[KVCache]] = {}
+        self.caches: dict[int, list[torch.Tensor]] = {}
+        self.stale: dict[int, torch.Tensor] = {}
         self.inplace = not torch.is_grad_enabled()
         self.n_real = int(mask.sum())
+        self.scratch: list[torch.Tensor] = []   # caches reused across layers (no autograd, unshared)
+        self.grid: Optional[torch.Tensor] = None  # padded query buffer (no autograd)
 
     # -- one step -----------------------------------------------------------------------
     def step(self, n: int, h: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
@@ -155,48 +193,52 @@ class CompactStepper:
         dense = n_active >= self.dense_fallback * self.n_real
         index = build_index(active, self.ctx, dense=dense)
         group = self.core(n)
-        caches = self._caches(group, h)
-        stale = caches[0].stale  # every block of a group has seen the same rows
+        caches, stale = self._caches(group, h)
         h_flat = h.reshape(B * L, D)
         act_flat = active.reshape(-1)
-        # rows whose keys/values are (re)computed: the active ones and the stale ones of
-        # sequences that still have an active token (None: every row)
-        refresh: Optional[torch.Tensor] = None
-        if not dense:
-            need = act_flat | stale
-            if index.live is not None:
-                need = need & active.any(1, keepdim=True).expand(B, L).reshape(-1)
-            if not bool(need.all()):
-                refresh = need.nonzero().squeeze(1)
-        if refresh is None:
-            x_r, act_r, pos_r = h_flat, act_flat, None
-            sub = None if dense else index.rows
-        else:
-            x_r = h_flat.index_select(0, refresh)
-            act_r = act_flat.index_select(0, refresh)
-            pos_r = refresh % L
-            where_r = torch.empty(B * L, dtype=torch.long, device=h.device)
-            where_r.index_copy_(0, refresh, torch.arange(refresh.numel(), device=h.device))
-            sub = where_r.index_select(0, index.rows)
         e = self.step_embedding(n) if self.step_embedding is not None else None
-        if e is not None:
-            # active tokens run on h + e_n; frozen ones show exactly their frozen state
-            x_r = torch.where(act_r[:, None], x_r + e, x_r)
-        x_q = x_r if sub is None else x_r.index_select(0, sub)
-        for i, block in enumerate(group.blocks):
-            out = self._block(block, x_r, x_q, sub, refresh, pos_r, index, caches[i])
-            if dense:
-                out = torch.where(act_r[:, None], out, x_r)  # frozen rows keep their state
-            x_q = out
-            if i + 1 < len(group.blocks):
-                x_r = out if sub is None else x_r.index_copy(0, sub, out)
-        # the refreshed rows are now current, except the active ones: their input changes
-        if refresh is None:
-            new_stale = act_flat.clone()
+        every = n_active == B * L  # no pads, nobody frozen: nothing to mask
+        if dense:
+            refresh = None
+            if e is None:
+                x_r = h_flat
+            else:
+                x_r = h_flat + e if every else torch.where(act_flat[:, None], h_flat + e, h_flat)
         else:
-            new_stale = stale.index_fill(0, refresh, False) | act_flat
-        for c in caches:
-            c.stale = new_stale
+            # refreshed rows: the active ones first (they are the queries: x_q = x_r[:T]), then
+            # the stale rows of sequences that still have an active token
+            alive_rows = index.alive[:, None].expand(B, L).reshape(-1)
+            extra = (stale & ~act_flat & alive_rows).nonzero().view(-1)
+            refresh = torch.cat([index.rows, extra]) if extra.numel() else index.rows
+            x_r = h_flat.index_select(0, refresh)
+            if e is not None:
+                # active tokens run on h + e_n; frozen ones show exactly their frozen state
+                if self.inplace:
+                    x_r[:n_active] += e
+                else:
+                    x_r = torch.cat([x_r[:n_active] + e, x_r[n_active:]])
+        pos_r = None if refresh is None else refresh % L
+        n_q = B * L if dense else n_active
+        blocks = list(group.blocks)
+        for i, block in enumerate(blocks):
+            out = self._block(block, x_r, n_q, refresh, pos_r, index, caches, i)
+            if dense:
+                if not every:
+                    out = torch.where(act_flat[:, None], out, x_r)  # frozen rows keep their state
+                x_r = out
+            elif i + 1 < len(blocks):
+                if self.inplace:
+                    x_r[:n_active] = out
+                else:
+                    x_r = torch.cat([out, x_r[n_active:]])
+            x_q = out
+        # the refreshed rows are current now, except the active ones: their input changes
+        if refresh is None:
+            stale.copy_(act_flat)
+        else:
+            if extra.numel():
+                stale.index_fill_(0, extra, False)
+            stale.index_fill_(0, index.rows, True)
         if dense:
             return x_q.view(B, L, D)
         if self.inplace:
@@ -207,25 +249,34 @@ class CompactStepper:
         return out_flat.view(B, L, D)
 
     # -- helpers ------------------------------------------------------------------------
-    def _caches(self, group: Group, h: torch.Tensor) -> list[KVCache]:
-        """The caches of the group's blocks (kept across steps for a shared core)."""
+    def _caches(self, group: Group, h: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The key/value caches of the group's blocks and its stale rows (kept across steps
+        for a shared core; for distinct layers fresh, every row stale)."""
         key = id(group)
         if self.shared and key in self.caches:
-            return self.caches[key]
-        caches = [KVCache(rows=self.B * self.L, width=2 * h.shape[-1], like=h) for _ in group.blocks]
+            return self.caches[key], self.stale[key]
+        rows, width = self.B * self.L, 2 * h.shape[-1]
+        n = len(group.blocks)
+        if self.shared or not self.inplace:
+            caches = [h.new_zeros(rows, width) for _ in range(n)]
+        else:
+            # every row a later read needs is recomputed first: reuse the buffers
+            while len(self.scratch) < n:
+                self.scratch.append(h.new_empty(rows, width))
+            caches = self.scratch[:n]
+        stale = torch.ones(rows, dtype=torch.bool, device=h.device)
         if self.shared:
-            self.caches[key] = caches
-        return caches
+            self.caches[key], self.stale[key] = caches, stale
+        return caches, stale
 
-    def _block(self, block: Block, x_r: torch.Tensor, x_q: torch.Tensor, sub: Optional[torch.Tensor],
-               refresh: Optional[torch.Tensor], pos_r: Optional[torch.Tensor], index: StepIndex,
-               cache: KVCache) -> torch.Tensor:
+    def _block(self, block: Block, x_r: torch.Tensor, n_q: int, refresh: Optional[torch.Tensor],
+               pos_r: Optional[torch.Tensor], index: StepIndex, caches: list[torch.Tensor],
+               i: int) -> torch.Tensor:
         """One pre-norm block on gathered rows.
 
-        x_r [R, D]  block input of the rows whose keys/values are refreshed (⊇ the queries;
-                    R = B·L when ``refresh`` is None)
-        x_q [T, D]  block input of the query rows (``sub`` indexes them in x_r; None: x_q = x_r)
-        → the block output of the query rows [T, D]
+        x_r [R, D]  block input of the rows whose keys/values are refreshed; the first n_q
+                    are the queries (R = B·L in natural order when ``refresh`` is None: dense)
+        → the block output of the query rows [n_q, D]
         """
         attn = block.attn
         B, L = self.B, self.L
@@ -237,40 +288,49 @@ class CompactStepper:
         if rope is not None:
             cos, sin = rope
             if pos_r is not None:
-                cos, sin = cos.index_select(0, pos_r), sin.index_select(0, pos_r)
+                cos_r, sin_r = cos.index_select(0, pos_r), sin.index_select(0, pos_r)
             else:
-                cos, sin = cos.repeat(B, 1), sin.repeat(B, 1)
-            k_r = _rotate(kv_r[:, :D].reshape(-1, H, hd), cos[:, None], sin[:, None])
+                cos_r, sin_r = cos.repeat(B, 1), sin.repeat(B, 1)
+            k_r = _rotate(kv_r[:, :D].reshape(-1, H, hd), cos_r[:, None], sin_r[:, None])
             kv_r = torch.cat([k_r.reshape(-1, D), kv_r[:, D:]], dim=1)
         if refresh is None:
-            cache.kv = kv_r
+            caches[i] = kv_r
         elif self.inplace:
-            cache.kv.index_copy_(0, refresh, kv_r)
+            caches[i].index_copy_(0, refresh, kv_r)
         else:
-            cache.kv = cache.kv.index_copy(0, refresh, kv_r)
-        y_q = y_r if sub is None else y_r.index_select(0, sub)
+            caches[i] = caches[i].index_copy(0, refresh, kv_r)
+        x_q, y_q = x_r[:n_q], y_r[:n_q]
         q = attn.q(y_q)
         if rope is not None:
-            cos, sin = rope
-            q = _rotate(q.view(-1, H, hd), cos.index_select(0, index.pos)[:, None],
-                        sin.index_select(0, index.pos)[:, None]).reshape(-1, D)
-        kv = cache.kv.view(B, L, 2 * D)
-        if index.live is not None:
-            kv = kv.index_select(0, index.live)
-        Bq = kv.shape[0]
-        k = kv[..., :D].view(Bq, L, H, hd).transpose(1, 2)
-        v = kv[..., D:].view(Bq, L, H, hd).transpose(1, 2)
-        if index.dense:
-            qg = q.view(B, L, H, hd).transpose(1, 2)
-        else:
-            grid = q.new_zeros(Bq * index.a_max, D)
-            grid = grid.index_copy_(0, index.slot, q) if self.inplace else grid.index_copy(0, index.slot, q)
-            qg = grid.view(Bq, index.a_max, H, hd).transpose(1, 2)
+            q = _rotate(q.view(-1, H, hd), cos_r[:n_q, None], sin_r[:n_q, None]).reshape(-1, D)
+        kv_all = caches[i].view(B, L, 2 * D)
         p = attn.dropout if attn.training else 0.0
-        y = F.scaled_dot_product_attention(qg, k, v, attn_mask=index.qmask, dropout_p=p)
-        y = y.transpose(1, 2).reshape(-1, D)
-        if not index.dense:
-            y = y.index_select(0, index.slot)
+        if index.dense:
+            k = kv_all[..., :D].view(B, L, H, hd).transpose(1, 2)
+            v = kv_all[..., D:].view(B, L, H, hd).transpose(1, 2)
+            qg = q.view(B, L, H, hd).transpose(1, 2)
+            y = F.scaled_dot_product_attention(qg, k, v, attn_mask=index.qmask, dropout_p=p)
+            y = y.transpose(1, 2).reshape(-1, D)
+        else:
+            parts = []
+            for g in index.groups:
+                kv = kv_all if g.seqs is None else kv_all.index_select(0, g.seqs)
+                G = kv.shape[0]
+                k = kv[..., :D].view(G, L, H, hd).transpose(1, 2)
+                v = kv[..., D:].view(G, L, H, hd).transpose(1, 2)
+                q_g = q if g.take is None else q.index_select(0, g.take)
+                if self.inplace:
+                    # a buffer allocated (zeroed) once per forward: padded rows hold stale
+                    # finite queries whose outputs are never read
+                    if self.grid is None:
+                        self.grid = q.new_zeros(B * L, D)
+                    grid = self.grid[:G * g.a_max].index_copy_(0, g.slot, q_g)
+                else:
+                    grid = q.new_zeros(G * g.a_max, D).index_copy(0, g.slot, q_g)
+                qg = grid.view(G, g.a_max, H, hd).transpose(1, 2)
+                y = F.scaled_dot_product_attention(qg, k, v, attn_mask=g.qmask, dropout_p=p)
+                parts.append(y.transpose(1, 2).reshape(-1, D).index_select(0, g.slot))
+            y = parts[0] if index.order is None else torch.cat(parts).index_select(0, index.order)
         x_q = x_q + block.drop(attn.o(y))
         return x_q + block.mlp(block.norm2(x_q))
 
