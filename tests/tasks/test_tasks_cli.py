@@ -120,12 +120,3 @@ def test_catalog_covers_every_task() -> None:
         for preset in cls.presets:
             assert f"`{preset}`" in doc
     assert doc.count("complexity  ") >= len(T.names())
-
-
-def test_demo_prints_every_task_and_writes_examples(capsys, tmp_path) -> None:
-    code, out, _ = run(capsys, "demo", "--out", str(tmp_path / "demo"))
-    assert code == 0
-    for name in T.names():
-        assert f"{name} · valid #0" in out
-    lines = (tmp_path / "demo" / "tasks.jsonl").read_text().splitlines()
-    assert sorted(json.loads(line)["task"] for line in lines) == T.names()
