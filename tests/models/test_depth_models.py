@@ -13,6 +13,7 @@ import ponder.policies as policies
 import ponder.tasks as tasks
 from ponder.errors import ConfigError
 from ponder.models.config import ModelConfig, ModelOutput
+from ponder.models.engine import EXECUTIONS
 from ponder.models.layers import AttnContext, Rotary, apply_rotary
 from ponder.policies.scripted import ScriptedPolicy
 
@@ -25,7 +26,7 @@ def list_rank_batch(n: int = 6, seed: int = 0):
 
 def small_cfg(**kw) -> ModelConfig:
     base = dict(d_model=16, n_heads=2, d_ff=32, prelude=1, core=1, coda=1, max_steps=4,
-                positions="none")
+                positions="none", execution="dense")
     base.update(kw)
     return ModelConfig(**base)
 
@@ -84,12 +85,14 @@ def test_fixed_equals_plain_weight_shared_transformer(causal):
     assert (out.steps[m] == model.cfg.max_steps).all()
 
 
+@pytest.mark.parametrize("execution", EXECUTIONS)
 @pytest.mark.parametrize("kind", ["recurrent", "stacked"])
 @pytest.mark.parametrize("n", [1, 2, 3])
-def test_halting_every_token_at_n_equals_fixed_n(kind, n):
+def test_halting_every_token_at_n_equals_fixed_n(kind, n, execution):
     torch.manual_seed(1)
     batch, V = list_rank_batch()
-    big = models.build(small_cfg(kind=kind, max_steps=5), ScriptedPolicy(steps=n), vocab_size=V).eval()
+    big = models.build(small_cfg(kind=kind, max_steps=5, execution=execution), ScriptedPolicy(steps=n),
+                       vocab_size=V).eval()
     small = models.build(small_cfg(kind=kind, max_steps=n), policies.get("fixed"), vocab_size=V).eval()
     state = {k: v for k, v in big.state_dict().items()}
     own = small.state_dict()
@@ -119,13 +122,14 @@ def test_act_halting_at_step_one_equals_fixed_one():
     assert torch.allclose(a.logits[m], one(batch.tokens, batch.mask).logits[m], atol=1e-5)
 
 
-def test_frozen_tokens_are_copied_unchanged_and_get_no_gradient_from_later_steps():
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_frozen_tokens_are_copied_unchanged_and_get_no_gradient_from_later_steps(execution):
     torch.manual_seed(3)
     batch, V = list_rank_batch(4)
     plan = torch.full(batch.tokens.shape, 4, dtype=torch.long)
     plan[:, 1] = 1   # token 1 of every sequence halts after step 1
     policy = ScriptedPolicy(steps=plan)
-    model = models.build(small_cfg(coda=0, max_steps=4), policy, vocab_size=V).train()
+    model = models.build(small_cfg(coda=0, max_steps=4, execution=execution), policy, vocab_size=V).train()
     views = []
     original = policy.step
 
@@ -150,13 +154,15 @@ def test_frozen_tokens_are_copied_unchanged_and_get_no_gradient_from_later_steps
     assert views[0].h.grad[:, 2][m[:, 2]].abs().max() > 0
 
 
-def test_frozen_state_is_visible_to_running_tokens():
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_frozen_state_is_visible_to_running_tokens(execution):
     """State copying, against a hand-written loop: a frozen row keeps its exit state and
     running tokens keep attending to it."""
     torch.manual_seed(4)
     batch, V = list_rank_batch(3)
     plan = torch.randint(1, 4, batch.tokens.shape)
-    model = models.build(small_cfg(coda=0, max_steps=3), ScriptedPolicy(steps=plan), vocab_size=V).eval()
+    model = models.build(small_cfg(coda=0, max_steps=3, execution=execution), ScriptedPolicy(steps=plan),
+                         vocab_size=V).eval()
     out = model(batch.tokens, batch.mask)
     m = batch.mask
     x = model.embed.tok.weight[batch.tokens]
