@@ -31,6 +31,7 @@ from ponder.train.checkpoint import (atomic_write_text, has_checkpoint, load_che
                                      load_weights, save_checkpoint)
 from ponder.train.config import TrainConfig, validate_names
 from ponder.train.metrics import MetricsWriter
+from ponder.train.prefetch import Prefetcher
 from ponder.train.progress import TrainProgress
 from ponder.train.rng import rng_state, seed_everything, set_rng_state
 from ponder.train.rundir import check_run_dir, write_run_config
@@ -235,8 +236,9 @@ class Trainer:
                             mode=self.progress_mode, time_budget_s=r.time_budget_s, enabled=main)
         if resumed_from is not None:
             bar.line(f"resuming from step {self.step}")
-        data = stream(self.task, "train", self.vocab, batch_size=r.batch_size,
-                      start_batch=self.next_batch, rank=self.world.rank, world=self.world.size)
+        data = Prefetcher(stream(self.task, "train", self.vocab, batch_size=r.batch_size,
+                                 start_batch=self.next_batch, rank=self.world.rank,
+                                 world=self.world.size))
         start = time.perf_counter()
         elapsed = lambda: self.prior_s + time.perf_counter() - start  # noqa: E731
         window = torch.zeros(8, dtype=torch.float64)
@@ -265,7 +267,12 @@ class Trainer:
                          "tokens_per_s": window[6].item() / max(time.perf_counter() - window_t, 1e-9)}
                 if self.last_valid:
                     shown["valid_acc"] = self.last_valid.get("token_acc", 0.0)
-                bar.update(self.step, elapsed(), shown)
+                on_bar = dict(shown)
+                if "halt_step" in stats_acc:
+                    # expected-loss policies run every step while training; the bar shows the
+                    # steps they would take at inference (the policy's halting step)
+                    on_bar["mean_steps"] = stats_acc["halt_step"] / (self.step % r.log_every or r.log_every)
+                bar.update(self.step, elapsed(), on_bar)
                 if self.step % r.log_every == 0 or self.step == r.steps:
                     steps_in_window = r.log_every if self.step % r.log_every == 0 else self.step % r.log_every
                     metrics.log("train", self.step, {
@@ -303,6 +310,7 @@ class Trainer:
                                                device=self.device)
                 self._save(elapsed())
         finally:
+            data.close()
             bar.close()
             metrics.close()
         result = TrainResult(self.step, reason, elapsed(), self.last_valid, resumed_from)
