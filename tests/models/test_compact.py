@@ -205,6 +205,8 @@ def test_scripted_depths_equal_dense(kind, causal, core, positions, fallback, sa
         monkeypatch.setattr(compact, "DENSE_FALLBACK", fallback)
     if saving is not None:
         monkeypatch.setattr(compact, "GROUP_SAVING", saving)
+        monkeypatch.setattr(compact, "GROUP_MIN_QUERIES", 1)
+        monkeypatch.setattr(compact, "KEEP_ALL", 1.0 if saving else 2.0)  # keep all / drop halted
     tokens, mask, _ = batch(B=5, L=11, seed=2)
     g = torch.Generator().manual_seed(4)
     steps = torch.randint(1, N + 1, (5, 11), generator=g)
@@ -221,7 +223,8 @@ def test_scripted_depths_equal_dense(kind, causal, core, positions, fallback, sa
     torch.testing.assert_close(b.logits, a.logits, atol=TOL, rtol=TOL)
 
 
-def test_split_groups_really_split():
+def test_split_groups_really_split(monkeypatch):
+    monkeypatch.setattr(compact, "GROUP_MIN_QUERIES", 1)
     active = torch.zeros(6, 10, dtype=torch.bool)
     active[:2] = True
     active[2:, 0] = True

@@ -48,6 +48,11 @@ DENSE_FALLBACK = 0.95
 # Split the padded attention call in two groups of sequences (sorted by active count) when
 # that saves more than this fraction of the padded query grid.
 GROUP_SAVING = 0.25
+# With one attention call, drop the halted sequences (copy the live ones' keys/values) only
+# when fewer than this fraction of the sequences is live.
+KEEP_ALL = 0.5
+# ... and only when the padded calls are long enough for padding to cost more than a call
+GROUP_MIN_QUERIES = 16
 
 
 @dataclass
@@ -116,7 +121,7 @@ def build_index(active: torch.Tensor, ctx: AttnContext, *, dense: bool) -> StepI
         cost = k * a_top + (len(by_count) - k) * counts_l[by_count[k]]
         if cost < best_cost:
             best_k, best_cost = k, cost
-    if best_cost < (1 - GROUP_SAVING) * len(by_count) * a_top:
+    if a_top >= GROUP_MIN_QUERIES and best_cost < (1 - GROUP_SAVING) * len(by_count) * a_top:
         parts = [sorted(by_count[:best_k]), sorted(by_count[best_k:])]
     else:
         parts = [live]
@@ -124,7 +129,10 @@ def build_index(active: torch.Tensor, ctx: AttnContext, *, dense: bool) -> StepI
     takes = []
     for part in parts:
         a_max = max(counts_l[b] for b in part)
-        if len(parts) == 1 and len(part) == B:
+        if len(parts) == 1 and len(part) >= KEEP_ALL * B:
+            # attend over the whole cache: cheaper than copying the live sequences' keys and
+            # values when most are live (halted sequences get padded queries, never read)
+            part = list(range(B))
             seqs, take, slot_seq = None, None, seq
         else:
             seqs = torch.tensor(part, device=active.device)
@@ -179,6 +187,7 @@ class CompactStepper:
         self.stale: dict[int, torch.Tensor] = {}
         self.inplace = not torch.is_grad_enabled()
         self.n_real = int(mask.sum())
+        self.heads = core(1).blocks[0].attn.n_heads
         self.scratch: list[torch.Tensor] = []   # caches reused across layers (no autograd, unshared)
         self.grid: Optional[torch.Tensor] = None  # padded query buffer (no autograd)
 
@@ -218,10 +227,11 @@ class CompactStepper:
                 else:
                     x_r = torch.cat([x_r[:n_active] + e, x_r[n_active:]])
         pos_r = None if refresh is None else refresh % L
+        cache_rows = None if refresh is None else self._cache_rows(refresh).view(-1)
         n_q = B * L if dense else n_active
         blocks = list(group.blocks)
         for i, block in enumerate(blocks):
-            out = self._block(block, x_r, n_q, refresh, pos_r, index, caches, i)
+            out = self._block(block, x_r, n_q, refresh, pos_r, cache_rows, index, caches, i)
             if dense:
                 if not every:
                     out = torch.where(act_flat[:, None], out, x_r)  # frozen rows keep their state
@@ -250,28 +260,39 @@ class CompactStepper:
 
     # -- helpers ------------------------------------------------------------------------
     def _caches(self, group: Group, h: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The key/value caches of the group's blocks and its stale rows (kept across steps
-        for a shared core; for distinct layers fresh, every row stale)."""
+        """The key/value caches ``[2, B, H, L, hd]`` of the group's blocks (contiguous per
+        head: the attention kernel reads them fastest so) and the group's stale rows; kept
+        across steps for a shared core, fresh (every row stale) for distinct layers."""
         key = id(group)
         if self.shared and key in self.caches:
             return self.caches[key], self.stale[key]
-        rows, width = self.B * self.L, 2 * h.shape[-1]
+        shape = (2, self.B, self.heads, self.L, h.shape[-1] // self.heads)
         n = len(group.blocks)
         if self.shared or not self.inplace:
-            caches = [h.new_zeros(rows, width) for _ in range(n)]
+            caches = [h.new_zeros(shape) for _ in range(n)]
         else:
             # every row a later read needs is recomputed first: reuse the buffers
             while len(self.scratch) < n:
-                self.scratch.append(h.new_empty(rows, width))
+                self.scratch.append(h.new_zeros(shape))
             caches = self.scratch[:n]
-        stale = torch.ones(rows, dtype=torch.bool, device=h.device)
+        stale = torch.ones(self.B * self.L, dtype=torch.bool, device=h.device)
         if self.shared:
             self.caches[key], self.stale[key] = caches, stale
         return caches, stale
 
+    def _cache_rows(self, refresh: torch.Tensor) -> torch.Tensor:
+        """refresh [R] flat token rows → [R·2H] rows of a flat ``[2·B·H·L, hd]`` cache, in the
+        order of ``kv(x)`` viewed as ``[R, 2H, hd]`` (keys' heads, then values' heads)."""
+        B, L, H = self.B, self.L, self.heads
+        b = torch.div(refresh, L, rounding_mode="floor")
+        l = refresh - b * L
+        j = torch.arange(2 * H, device=refresh.device)
+        part, head = torch.div(j, H, rounding_mode="floor"), j % H
+        return (part * (B * H * L) + head * L)[None, :] + (b * (H * L) + l)[:, None]
+
     def _block(self, block: Block, x_r: torch.Tensor, n_q: int, refresh: Optional[torch.Tensor],
-               pos_r: Optional[torch.Tensor], index: StepIndex, caches: list[torch.Tensor],
-               i: int) -> torch.Tensor:
+               pos_r: Optional[torch.Tensor], cache_rows: Optional[torch.Tensor], index: StepIndex,
+               caches: list[torch.Tensor], i: int) -> torch.Tensor:
         """One pre-norm block on gathered rows.
 
         x_r [R, D]  block input of the rows whose keys/values are refreshed; the first n_q
@@ -293,31 +314,29 @@ class CompactStepper:
                 cos_r, sin_r = cos.repeat(B, 1), sin.repeat(B, 1)
             k_r = _rotate(kv_r[:, :D].reshape(-1, H, hd), cos_r[:, None], sin_r[:, None])
             kv_r = torch.cat([k_r.reshape(-1, D), kv_r[:, D:]], dim=1)
+        hd2 = (-1, hd)
         if refresh is None:
-            caches[i] = kv_r
+            caches[i] = kv_r.view(B, L, 2, H, hd).permute(2, 0, 3, 1, 4).contiguous()
         elif self.inplace:
-            caches[i].index_copy_(0, refresh, kv_r)
+            caches[i].view(hd2).index_copy_(0, cache_rows, kv_r.reshape(hd2))
         else:
-            caches[i] = caches[i].index_copy(0, refresh, kv_r)
+            caches[i] = caches[i].reshape(hd2).index_copy(0, cache_rows, kv_r.reshape(hd2)).view(caches[i].shape)
         x_q, y_q = x_r[:n_q], y_r[:n_q]
         q = attn.q(y_q)
         if rope is not None:
             q = _rotate(q.view(-1, H, hd), cos_r[:n_q, None], sin_r[:n_q, None]).reshape(-1, D)
-        kv_all = caches[i].view(B, L, 2 * D)
+        cache = caches[i]
         p = attn.dropout if attn.training else 0.0
         if index.dense:
-            k = kv_all[..., :D].view(B, L, H, hd).transpose(1, 2)
-            v = kv_all[..., D:].view(B, L, H, hd).transpose(1, 2)
             qg = q.view(B, L, H, hd).transpose(1, 2)
-            y = F.scaled_dot_product_attention(qg, k, v, attn_mask=index.qmask, dropout_p=p)
+            y = F.scaled_dot_product_attention(qg, cache[0], cache[1], attn_mask=index.qmask, dropout_p=p)
             y = y.transpose(1, 2).reshape(-1, D)
         else:
             parts = []
             for g in index.groups:
-                kv = kv_all if g.seqs is None else kv_all.index_select(0, g.seqs)
-                G = kv.shape[0]
-                k = kv[..., :D].view(G, L, H, hd).transpose(1, 2)
-                v = kv[..., D:].view(G, L, H, hd).transpose(1, 2)
+                kv = cache if g.seqs is None else \
+                    cache.view(2, B, -1).index_select(1, g.seqs).view(2, -1, H, L, hd)
+                G = kv.shape[1]
                 q_g = q if g.take is None else q.index_select(0, g.take)
                 if self.inplace:
                     # a buffer allocated (zeroed) once per forward: padded rows hold stale
@@ -328,7 +347,7 @@ class CompactStepper:
                 else:
                     grid = q.new_zeros(G * g.a_max, D).index_copy(0, g.slot, q_g)
                 qg = grid.view(G, g.a_max, H, hd).transpose(1, 2)
-                y = F.scaled_dot_product_attention(qg, k, v, attn_mask=g.qmask, dropout_p=p)
+                y = F.scaled_dot_product_attention(qg, kv[0], kv[1], attn_mask=g.qmask, dropout_p=p)
                 parts.append(y.transpose(1, 2).reshape(-1, D).index_select(0, g.slot))
             y = parts[0] if index.order is None else torch.cat(parts).index_select(0, index.order)
         x_q = x_q + block.drop(attn.o(y))

@@ -1,0 +1,195 @@
+"""``ponder bench``: wall-clock of adaptive vs full-depth execution, and training cost.
+
+    ponder bench [--quick] [--json] [--out FILE] [--run RUN_DIR] [--threads N]
+                 [--repeats R] [--part inference|training|all]
+
+Inference (``ponder.benchmarking.inference``): for d_model ∈ {128, 256} × seq ∈ {64, 256}
+(batch 128 / 32; ``--quick``: 32 / 8), T_max = 12 and per-token halting depths of mean ¼, ½,
+¾ of T_max (seeded), times full depth, masked-dense and compact interleaved in one run, and
+prints per configuration the time ratio to full depth, the ideal ratio (mean depth / T_max)
+and efficiency = ideal / ratio. ``--run RUN_DIR`` adds the depths the run's trained model
+produces on its valid split (with that run's T_max).
+Training (``ponder.benchmarking.training``): forward + backward of every policy against the
+fixed-depth model of the same size, and compacted training for hard-halting policies.
+
+Progress goes to stderr; ``--json`` prints the records as one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ponder.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="wall-clock of adaptive (compact, masked) vs full-depth execution")
+    p.add_argument("--quick", action="store_true", help="smaller batches and fewer repeats (~1-2 min)")
+    p.add_argument("--json", action="store_true", help="print the records as JSON on stdout")
+    p.add_argument("--out", default=None, help="also write the JSON document to FILE (atomic)")
+    p.add_argument("--run", default=None, metavar="RUN_DIR",
+                   help="also time the depths a trained run's model produces on its valid split")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; never more than cores)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds per configuration")
+    p.add_argument("--part", choices=("inference", "training", "all"), default="all")
+    p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                   help="tuned: glibc keeps freed memory (no page faults on every large tensor; "
+                        "what jemalloc/tcmalloc give), applied to every implementation alike")
+    p.set_defaults(func=run)
+
+
+def machine(threads: int) -> dict[str, Any]:
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {"cpus": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "load_avg": [round(x, 2) for x in load],
+            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def tune_malloc() -> str:
+    """Ask glibc to serve large blocks from the heap and never give memory back, so that the
+    big activations of every step are not page-faulted in afresh (CPU PyTorch has no caching
+    allocator). Returns what was done ("default" when not glibc)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1 and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
+    except (OSError, AttributeError):
+        ok = False
+    return "glibc mmap/trim thresholds raised" if ok else "default"
+
+
+def progress(label: str):
+    def report(done: int, total: int) -> None:
+        sys.stderr.write(f"\r  {label}: round {done}/{total}   ")
+        sys.stderr.flush()
+        if done == total:
+            sys.stderr.write("\n")
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ponder.benchmarking import inference, training
+
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    if args.repeats is not None and args.repeats < 1:
+        raise ConfigError(f"--repeats must be at least 1, got {args.repeats}")
+    run_depths = None
+    run_steps = None
+    if args.run is not None:
+        if not Path(args.run).is_dir():
+            raise ConfigError(f"run directory {args.run!r} does not exist")
+        sys.stderr.write(f"reading the depths of {args.run} ...\n")
+        run_depths, run_steps = inference.run_depth_vectors(args.run)
+    torch.set_num_threads(args.threads)
+    info = machine(args.threads)
+    info["malloc"] = tune_malloc() if args.malloc == "tuned" else "default"
+    out = sys.stderr if args.json else sys.stdout
+    print(f"ponder bench: {info['cpus']} CPUs, torch {info['torch']}, {args.threads} threads, "
+          f"load average {info['load_avg']}, malloc {info['malloc']}", file=out)
+    doc: dict[str, Any] = {"machine": info, "inference": [], "training": []}
+    t0 = time.time()
+    if args.part in ("inference", "all"):
+        repeats = args.repeats or (3 if args.quick else 5)
+        configs = inference.grid(args.quick)
+        plan: list[tuple[inference.Config, bool, bool]] = [(c, True, False) for c in configs]
+        if run_depths is not None:
+            plan += [(inference.Config(d_model=c.d_model, seq=c.seq, batch=c.batch, max_steps=run_steps),
+                      False, True) for c in configs]
+        for i, (config, drawn, with_run) in enumerate(plan, 1):
+            label = (f"[{i}/{len(plan)}] d_model={config.d_model} seq={config.seq} batch={config.batch} "
+                     f"T_max={config.max_steps}{' (run depths)' if with_run else ''}")
+            records = inference.bench_config(config, repeats=repeats, warmup=1,
+                                             run_depths=run_depths if with_run else None,
+                                             fractions=inference.FRACTIONS if drawn else (),
+                                             on_round=progress(label))
+            doc["inference"] += [r.to_json() for r in records]
+            print_config(records, out)
+        summarise(doc["inference"], out)
+    if args.part in ("training", "all"):
+        config = training.TrainConfig(batch=16 if args.quick else 32)
+        repeats = args.repeats or (3 if args.quick else 5)
+        records = training.bench_training(config, repeats=repeats, warmup=1,
+                                          on_round=progress(f"training d_model={config.d_model} "
+                                                            f"seq={config.seq} batch={config.batch} "
+                                                            f"N={config.max_steps}"))
+        doc["training"] = [r.to_json() for r in records]
+        print_training(records, out)
+    doc["machine"]["seconds"] = round(time.time() - t0, 1)
+    doc["machine"]["load_avg_end"] = machine(args.threads)["load_avg"]
+    text = json.dumps(doc, indent=1)
+    if args.out:
+        write_atomic(Path(args.out), text + "\n")
+        print(f"wrote {args.out}", file=out)
+    if args.json:
+        print(text)
+    return 0
+
+
+def print_config(records: list, out) -> None:
+    r0 = records[0]
+    print(f"\nd_model={r0.d_model} seq={r0.seq} batch={r0.batch} T_max={r0.max_steps}"
+          f"  (full depth {r0.seconds * 1e3:.0f} ms)", file=out)
+    print(f"  {'depths':>7} {'mean':>5} {'ideal':>6} | {'masked ratio':>12} {'eff':>5} | "
+          f"{'compact ratio':>13} {'eff':>5}", file=out)
+    by = {(r.impl, r.profile): r for r in records}
+    for profile in dict.fromkeys(r.profile for r in records if r.impl != "full"):
+        m, c = by[("masked", profile)], by[("compact", profile)]
+        name = "run" if profile == "run" else f"{float(profile):g}·T"
+        print(f"  {name:>7} {c.mean_depth:5.2f} {c.ideal:6.3f} | {m.ratio:12.3f} {m.efficiency:5.2f} | "
+              f"{c.ratio:13.3f} {c.efficiency:5.2f}", file=out)
+
+
+def summarise(rows: list[dict], out) -> None:
+    for impl in ("compact", "masked"):
+        eff = [r["efficiency"] for r in rows if r["impl"] == impl and r["profile"] != "run"]
+        if not eff:
+            continue
+        worst = min((r for r in rows if r["impl"] == impl and r["profile"] != "run"),
+                    key=lambda r: r["efficiency"])
+        print(f"{impl}: median efficiency {statistics.median(eff):.2f} over {len(eff)} configurations, "
+              f"min {worst['efficiency']:.2f} (d_model={worst['d_model']} seq={worst['seq']} "
+              f"depth {worst['profile']}·T)", file=out)
+
+
+def print_training(records: list, out) -> None:
+    print("\ntraining (forward + backward), ratio to the fixed-depth model of the same size:", file=out)
+    print(f"  {'policy':<12} {'objective':<9} {'execution':<9} {'knobs':<18} {'steps':>5} "
+          f"{'ms':>7} {'ratio':>6}", file=out)
+    for r in records:
+        knobs = ",".join(f"{k}={v:g}" for k, v in r.knobs.items()) or "-"
+        print(f"  {r.policy:<12} {r.objective:<9} {r.execution:<9} {knobs:<18} {r.mean_steps:5.2f} "
+              f"{r.seconds * 1e3:7.1f} {r.ratio:6.3f}", file=out)
+    final = [r.ratio for r in records if r.objective == "final" and r.policy != "fixed" and not r.knobs]
+    if final:
+        print(f"  halting bookkeeping (final-objective policies, all steps run): median ratio "
+              f"{statistics.median(final):.3f}", file=out)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,8 @@
+"""Wall-clock benchmarks behind ``ponder bench``.
+
+- :mod:`~ponder.benchmarking.timing`: interleaved repeats with warm-up, medians;
+- :mod:`~ponder.benchmarking.inference`: full-depth vs masked-dense vs compacted execution
+  over a grid of widths, lengths and depth profiles;
+- :mod:`~ponder.benchmarking.training`: forward+backward cost of every halting policy
+  against the fixed-depth model of the same size, and compacted training.
+"""

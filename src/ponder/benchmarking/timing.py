@@ -1,0 +1,49 @@
+"""Interleaved timing: every candidate is timed once per round, in a shuffled order.
+
+Interleaving spreads the machine's load drifts (other processes on a shared machine) over
+all candidates alike; medians of the rounds discard the outliers.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from typing import Callable, Optional
+
+
+def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1,
+                seed: int = 0, on_round: Optional[Callable[[int, int], None]] = None
+                ) -> dict[str, list[float]]:
+    """Time each ``fns[name]()`` ``repeats`` times (after ``warmup`` untimed rounds).
+
+    → name → list of seconds (one per timed round). ``on_round(done, total)`` reports progress.
+    """
+    rng = random.Random(seed)
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    total = warmup + repeats
+    for r in range(total):
+        order = names[:]
+        rng.shuffle(order)
+        for name in order:
+            t0 = time.perf_counter()
+            fns[name]()
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[name].append(dt)
+        if on_round is not None:
+            on_round(r + 1, total)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float]) -> float:
+    """Relative half-width of the inter-quartile range (a noise indicator), 0 for < 4 values."""
+    if len(values) < 4:
+        return 0.0
+    q = statistics.quantiles(values, n=4)
+    return (q[2] - q[0]) / 2 / statistics.median(values)

@@ -1,0 +1,95 @@
+"""``ponder bench`` plumbing: depth profiles, interleaved timing, records, CLI errors.
+
+No timing assertions: only that the measured quantities are consistent with each other.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ponder.benchmarking import inference, timing, training
+from ponder.cli import main
+
+
+def test_drawn_depths_have_the_asked_mean_and_range():
+    for frac in inference.FRACTIONS:
+        d = inference.drawn_depths((64, 64), frac * 12, 12, seed=0)
+        assert d.min() >= 1 and d.max() <= 12
+        assert abs(float(d.float().mean()) - frac * 12) < 0.1
+    assert torch.equal(inference.drawn_depths((4, 8), 6, 12, seed=3), inference.drawn_depths((4, 8), 6, 12, seed=3))
+
+
+def test_tiled_depths_keep_real_sequences():
+    seqs = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
+    d = inference.tiled_depths(seqs, (3, 7), seed=0)
+    assert d.shape == (3, 7)
+    for row in d.tolist():  # every row is a concatenation of whole vectors (cut at the end)
+        i = 0
+        while i < len(row):
+            s = [1, 2, 3] if row[i] == 1 else [4, 5]
+            assert row[i:i + len(s)] == s[:len(row) - i]
+            i += len(s)
+
+
+def test_interleaved_times_every_candidate_each_round():
+    calls = []
+    times = timing.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                               repeats=3, warmup=2)
+    assert calls.count("a") == calls.count("b") == 5
+    assert all(len(v) == 3 and min(v) >= 0 for v in times.values())
+
+
+def test_full_depth_loop_equals_the_engine_at_full_depth():
+    config = inference.Config(d_model=16, seq=8, batch=3, max_steps=4)
+    model = inference.build_model(config)
+    tokens = torch.randint(0, inference.VOCAB, (3, 8))
+    mask = torch.ones(3, 8, dtype=torch.bool)
+    with torch.no_grad():
+        ref = model(tokens, mask).logits
+        plain = inference.full_depth(model, tokens, mask)
+    torch.testing.assert_close(plain, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_bench_config_records_are_consistent():
+    config = inference.Config(d_model=16, seq=8, batch=4, max_steps=6)
+    records = inference.bench_config(config, repeats=1, warmup=0,
+                                     run_depths=[torch.tensor([1, 2, 6])])
+    impls = {(r.impl, r.profile) for r in records}
+    assert ("full", "full") in impls
+    for profile in ("0.25", "0.5", "0.75", "run"):
+        assert {("masked", profile), ("compact", profile)} <= impls
+    for r in records:
+        assert r.ratio > 0 and r.seconds > 0
+        assert r.efficiency == pytest.approx(r.ideal / r.ratio)
+        assert r.ideal == pytest.approx(r.mean_depth / 6)
+
+
+def test_training_bench_finds_early_halting_knobs_for_hard_policies():
+    config = training.TrainConfig(d_model=16, seq=8, batch=4, max_steps=8)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randint(0, training.VOCAB, (4, 8), generator=g), torch.ones(4, 8, dtype=torch.bool),
+             torch.randint(0, training.VOCAB, (4, 8), generator=g))
+    assert training.hard_in_training("act", config, batch) is not None
+    assert training.hard_in_training("pondernet", config, batch) is None  # runs all N in training
+
+
+def test_bench_cli_bad_input_is_one_line_and_status_2(capsys, tmp_path):
+    assert main(["bench", "--threads", "0"]) == 2
+    assert main(["bench", "--run", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("ponder: error:") for line in err)
+
+
+def test_bench_cli_training_json(capsys, monkeypatch):
+    small = training.TrainConfig(d_model=16, seq=8, batch=4, max_steps=4)
+    monkeypatch.setattr(training, "TrainConfig", lambda **kw: small)
+    monkeypatch.setattr(training.policies, "names", lambda: ["act", "fixed"])
+    assert main(["bench", "--part", "training", "--json", "--repeats", "1", "--threads", "1"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["machine"]["threads"] == 1
+    rows = {(r["policy"], r["execution"], bool(r["knobs"])) for r in doc["training"]}
+    assert ("fixed", "dense", False) in rows and ("act", "dense", False) in rows
+    assert all(r["ratio"] > 0 for r in doc["training"])
