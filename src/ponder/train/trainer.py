@@ -219,8 +219,9 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> TrainResult:
-        self._setup()
+        self.world = D.World()
         try:
+            self._setup()
             return self._run()
         finally:
             D.shutdown(self.world)
