@@ -13,10 +13,39 @@ losses ...) plus its auxiliary loss; the trainer never knows which policy runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 import torch
+
+
+@dataclass
+class AdaTapeConfig:
+    """AdaTape's knobs (``kind: adatape``; ignored by other kinds). Defaults mirror
+    ``ponder.models.adatape.ADATAPE_KNOBS``; the builder checks the values' ranges.
+
+    A typed section so that the run config rejects unknown keys and wrong types; it reads
+    like a mapping (``keys`` / ``[]``) because the builder takes ``dict(model_cfg.adatape)``.
+    """
+
+    n_layers: Optional[int] = None   # encoder layers; None = max_steps
+    max_tape: int = 8                # most tape tokens a sample reads
+    bank: str = "input"              # input (the input re-tokenised) | learnable
+    bank_size: int = 32              # learnable bank entries
+    ngram: int = 1                   # window length of an input-bank entry
+    threshold: float = 1.0           # halting sum at which reading stops
+    per_step: int = 1                # bank entries merged into one tape token
+    tape_ffn: bool = True            # tape tokens take their own FFN
+    query: str = "mean"              # mean (of the input embeddings) | cls
+    aux_weight: float = 0.01         # weight of the Σ (1 − Σ w²) tape loss
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self)]
+
+    def __getitem__(self, key: str) -> object:
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
 
 
 @dataclass
@@ -36,6 +65,7 @@ class ModelConfig:
     step_embedding: bool = True    # add a learned embedding of the step index at each step
     dropout: float = 0.0
     execution: str = "auto"        # auto (compact in eval, dense in training) | dense (reference) | compact
+    adatape: AdaTapeConfig = field(default_factory=AdaTapeConfig)  # kind=adatape only
 
 
 @dataclass
