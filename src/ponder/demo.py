@@ -76,6 +76,22 @@ def spearman(steps: Any, complexity: Any) -> float | None:
     return None if not math.isfinite(rho) else float(rho)
 
 
+def auto_threads() -> int:
+    """2 threads on an idle 2-core machine; 1 when other work already loads the cores.
+
+    Oversubscribed OpenMP threads spin against each other: on this machine, 2 threads under
+    a load average of ~6 ran a step several times slower than 1 thread.
+    """
+    import os
+
+    cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - not on every platform
+        load = 0.0
+    return max(1, min(2, cpus)) if load < 0.5 * cpus else 1
+
+
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "—" if value is None else format(value, spec)
 
@@ -124,13 +140,15 @@ def run(args: argparse.Namespace) -> int:
 
     from ponder.errors import ConfigError
 
+    if args.threads is None:
+        args.threads = auto_threads()
     if not args.budget > 0 or args.threads < 1 or args.n < 1:
         raise ConfigError("--budget must be > 0, --threads and --n >= 1")
     t0 = time.perf_counter()
     out = Path(args.out)
     runs = [r for r in DEMO_RUNS if not args.policies or r.policy in args.policies]
     _prepare_out(out, [r.policy for r in runs])
-    print(f"ponder demo: {len(runs)} runs on list_rank, {args.threads} threads, "
+    print(f"ponder demo: {len(runs)} runs on list_rank, {args.threads} thread(s), "
           f"training budget {args.budget:.0f}s → {out}/", flush=True)
     records: list[dict[str, Any]] = []
     spare = 0.0
@@ -171,8 +189,11 @@ def run(args: argparse.Namespace) -> int:
             analyze_run(r["run_dir"])
         report = write_report([r["run_dir"] for r in records], out / "report.html")
     wall = time.perf_counter() - t0
+    import os
+
     atomic_write_text(out / "timing.json", json.dumps(
-        {"wall_s": wall, "threads": args.threads, "budget_s": args.budget}, indent=1))
+        {"wall_s": wall, "threads": args.threads, "budget_s": args.budget,
+         "load_average_1_5_15": list(os.getloadavg())}, indent=1))
     print(f"summary: {out / 'summary.json'}")
     for r in records:
         print(f"run {r['policy']}: {r['run_dir']}/ (config.yaml, metrics.jsonl, tb/, checkpoints/, "
@@ -189,7 +210,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--budget", type=float, default=210.0,
                    help="wall-clock seconds of training shared by the runs (default 210)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: 2, or 1 when the machine is already busy)")
     p.add_argument("--n", type=int, default=1000, help="examples per evaluated split (default 1000)")
     p.add_argument("--policies", nargs="+", choices=[r.policy for r in DEMO_RUNS], default=None,
                    help="run only these policies")
