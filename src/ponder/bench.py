@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="also write the JSON document to FILE (atomic)")
     p.add_argument("--run", default=None, metavar="RUN_DIR",
                    help="also time the depths a trained run's model produces on its valid split")
+    p.add_argument("--only-run", action="store_true", help="with --run: time only the run's depths")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; never more than cores)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per configuration")
     p.add_argument("--part", choices=("inference", "training", "all"), default="all")
@@ -108,7 +109,10 @@ def run(args: argparse.Namespace) -> int:
     if args.part in ("inference", "all"):
         repeats = args.repeats or (3 if args.quick else 5)
         configs = inference.grid(args.quick)
-        plan: list[tuple[inference.Config, bool, bool]] = [(c, True, False) for c in configs]
+        if args.only_run and run_depths is None:
+            raise ConfigError("--only-run needs --run RUN_DIR")
+        plan: list[tuple[inference.Config, bool, bool]] = \
+            [] if args.only_run else [(c, True, False) for c in configs]
         if run_depths is not None:
             plan += [(inference.Config(d_model=c.d_model, seq=c.seq, batch=c.batch, max_steps=run_steps),
                       False, True) for c in configs]
@@ -145,27 +149,28 @@ def run(args: argparse.Namespace) -> int:
 def print_config(records: list, out) -> None:
     r0 = records[0]
     print(f"\nd_model={r0.d_model} seq={r0.seq} batch={r0.batch} T_max={r0.max_steps}"
-          f"  (full depth {r0.seconds * 1e3:.0f} ms)", file=out)
+          f"  (full depth {r0.seconds * 1e3:.0f} ms wall, {r0.cpu_seconds * 1e3:.0f} ms CPU)", file=out)
     print(f"  {'depths':>7} {'mean':>5} {'ideal':>6} | {'masked ratio':>12} {'eff':>5} | "
-          f"{'compact ratio':>13} {'eff':>5}", file=out)
+          f"{'compact ratio':>13} {'eff':>5} | {'CPU-time: masked eff':>20} {'compact eff':>11}", file=out)
     by = {(r.impl, r.profile): r for r in records}
     for profile in dict.fromkeys(r.profile for r in records if r.impl != "full"):
         m, c = by[("masked", profile)], by[("compact", profile)]
         name = "run" if profile == "run" else f"{float(profile):g}·T"
         print(f"  {name:>7} {c.mean_depth:5.2f} {c.ideal:6.3f} | {m.ratio:12.3f} {m.efficiency:5.2f} | "
-              f"{c.ratio:13.3f} {c.efficiency:5.2f}", file=out)
+              f"{c.ratio:13.3f} {c.efficiency:5.2f} | {m.cpu_efficiency:20.2f} {c.cpu_efficiency:11.2f}",
+              file=out)
 
 
 def summarise(rows: list[dict], out) -> None:
     for impl in ("compact", "masked"):
-        eff = [r["efficiency"] for r in rows if r["impl"] == impl and r["profile"] != "run"]
-        if not eff:
-            continue
-        worst = min((r for r in rows if r["impl"] == impl and r["profile"] != "run"),
-                    key=lambda r: r["efficiency"])
-        print(f"{impl}: median efficiency {statistics.median(eff):.2f} over {len(eff)} configurations, "
-              f"min {worst['efficiency']:.2f} (d_model={worst['d_model']} seq={worst['seq']} "
-              f"depth {worst['profile']}·T)", file=out)
+        for key, what in (("efficiency", "wall-clock"), ("cpu_efficiency", "CPU-time")):
+            sel = [r for r in rows if r["impl"] == impl and r["profile"] != "run"]
+            if not sel:
+                continue
+            worst = min(sel, key=lambda r: r[key])
+            print(f"{impl}: median {what} efficiency {statistics.median(r[key] for r in sel):.2f} over "
+                  f"{len(sel)} configurations, min {worst[key]:.2f} (d_model={worst['d_model']} "
+                  f"seq={worst['seq']} depth {worst['profile']}·T)", file=out)
 
 
 def print_training(records: list, out) -> None:

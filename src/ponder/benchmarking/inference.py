@@ -55,6 +55,9 @@ class Record:
     ratio: float
     ideal: float
     efficiency: float
+    cpu_seconds: float    # median process CPU time of the same rounds
+    cpu_ratio: float
+    cpu_efficiency: float
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -152,19 +155,23 @@ def bench_config(config: Config, *, repeats: int, warmup: int, seed: int = 0,
     tokens = torch.randint(0, VOCAB, shape, generator=g)
     mask = torch.ones(shape, dtype=torch.bool)
     fns = candidates(model, tokens, mask, profiles)
+    cpu: dict[str, list[float]] = {}
     times = interleaved({f"{k[0]}:{k[1]}": f for k, f in fns.items()}, repeats=repeats,
-                        warmup=warmup, seed=seed, on_round=on_round)
+                        warmup=warmup, seed=seed, on_round=on_round, cpu=cpu)
     t_full = median(times["full:full"])
+    c_full = median(cpu["full:full"])
     records = []
     for (impl, profile) in fns:
         t = times[f"{impl}:{profile}"]
         depth = float(config.max_steps) if profile == "full" else float(profiles[profile].float().mean())
         ideal = depth / config.max_steps
         ratio = median(t) / t_full
+        c = median(cpu[f"{impl}:{profile}"])
         records.append(Record(impl=impl, d_model=config.d_model, seq=config.seq, batch=config.batch,
                               max_steps=config.max_steps, profile=profile, mean_depth=depth,
                               seconds=median(t), spread=spread(t), ratio=ratio, ideal=ideal,
-                              efficiency=ideal / ratio))
+                              efficiency=ideal / ratio, cpu_seconds=c, cpu_ratio=c / c_full,
+                              cpu_efficiency=ideal / (c / c_full)))
     return records
 
 

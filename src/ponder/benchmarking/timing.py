@@ -13,11 +13,14 @@ from typing import Callable, Optional
 
 
 def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1,
-                seed: int = 0, on_round: Optional[Callable[[int, int], None]] = None
-                ) -> dict[str, list[float]]:
+                seed: int = 0, on_round: Optional[Callable[[int, int], None]] = None,
+                cpu: Optional[dict[str, list[float]]] = None) -> dict[str, list[float]]:
     """Time each ``fns[name]()`` ``repeats`` times (after ``warmup`` untimed rounds).
 
-    → name → list of seconds (one per timed round). ``on_round(done, total)`` reports progress.
+    → name → list of wall-clock seconds (one per timed round); ``cpu``, when given, receives
+    the process CPU seconds of the same calls (less disturbed by other processes on a shared
+    machine, since time spent preempted is not counted). ``on_round(done, total)`` reports
+    progress.
     """
     rng = random.Random(seed)
     names = list(fns)
@@ -27,11 +30,15 @@ def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: i
         order = names[:]
         rng.shuffle(order)
         for name in order:
+            c0 = time.process_time()
             t0 = time.perf_counter()
             fns[name]()
             dt = time.perf_counter() - t0
+            dc = time.process_time() - c0
             if r >= warmup:
                 times[name].append(dt)
+                if cpu is not None:
+                    cpu.setdefault(name, []).append(dc)
         if on_round is not None:
             on_round(r + 1, total)
     return times
