@@ -76,6 +76,22 @@ def spearman(steps: Any, complexity: Any) -> float | None:
     return None if not math.isfinite(rho) else float(rho)
 
 
+def verdict(records: list[dict[str, Any]]) -> str:
+    """One honest line: did the adaptive runs learn the task and align compute with it?"""
+    adaptive = [r for r in records if r["policy"] != "fixed"]
+    if not adaptive:
+        return "no adaptive policy was run"
+    learned = all((r["valid_acc"] or 0) >= 0.95 for r in adaptive)
+    best = max(adaptive, key=lambda r: -2 if r["spearman"] is None else r["spearman"])
+    aligned = best["spearman"] is not None and best["spearman"] >= 0.5
+    acc = ", ".join(f"{r['policy']} {r['valid_acc']:.3f}" for r in adaptive)
+    line = (f"adaptive valid acc >= 0.95: {'yes' if learned else 'NO'} ({acc}); "
+            f"best rho {_fmt(best['spearman'])} ({best['policy']}) >= 0.5: {'yes' if aligned else 'NO'}")
+    if not learned:
+        line += " — under-trained at this budget: alignment read before the task is learned means little"
+    return line
+
+
 def auto_threads() -> int:
     """2 threads on an idle 2-core machine; 1 when other work already loads the cores.
 
@@ -100,11 +116,13 @@ def print_table(records: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="ponder demo: list_rank (m 4–10; ood m 12–16)")
+    table = Table(title="ponder demo: list_rank (m 4–10; ood m 12–16)",
+                  caption="acc = token accuracy; ood seen = on labels seen in training; steps = "
+                          "mean steps on valid (of max); ρ = Spearman(steps, complexity) on valid")
     for name, justify in (("policy", "left"), ("valid acc", "right"), ("ood acc", "right"),
-                          ("ood acc (seen labels)", "right"), ("mean steps", "right"),
-                          ("Spearman ρ steps↔complexity", "right"), ("train s", "right")):
-        table.add_column(name, justify=justify)
+                          ("ood seen", "right"), ("steps", "right"), ("ρ", "right"),
+                          ("train s", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)
     for r in records:
         table.add_row(r["policy"], _fmt(r["valid_acc"]), _fmt(r["ood_acc"]), _fmt(r["ood_acc_seen"]),
                       f"{_fmt(r['mean_steps'], '.2f')} / {r['max_steps']}", _fmt(r["spearman"]),
@@ -176,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         })
         atomic_write_text(out / "summary.json", json.dumps(records, indent=1))
     print_table(records)
+    print(verdict(records), flush=True)
     report = None
     try:
         import ponder.analysis as analysis
