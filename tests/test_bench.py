@@ -42,8 +42,9 @@ def test_interleaved_times_every_candidate_each_round():
     assert all(len(v) == 3 and min(v) >= 0 for v in times.values())
 
 
-def test_full_depth_loop_equals_the_engine_at_full_depth():
-    config = inference.Config(d_model=16, seq=8, batch=3, max_steps=4)
+@pytest.mark.parametrize("kind", ["recurrent", "stacked"])
+def test_full_depth_loop_equals_the_engine_at_full_depth(kind):
+    config = inference.Config(d_model=16, seq=8, batch=3, max_steps=4, kind=kind)
     model = inference.build_model(config)
     tokens = torch.randint(0, inference.VOCAB, (3, 8))
     mask = torch.ones(3, 8, dtype=torch.bool)

@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="also write the JSON document to FILE (atomic)")
     p.add_argument("--run", default=None, metavar="RUN_DIR",
                    help="also time the depths a trained run's model produces on its valid split")
+    p.add_argument("--kind", choices=("recurrent", "stacked"), default="recurrent",
+                   help="model of the inference grid (stacked: T_max distinct layers)")
     p.add_argument("--only-run", action="store_true", help="with --run: time only the run's depths")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; never more than cores)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per configuration")
@@ -108,13 +110,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     if args.part in ("inference", "all"):
         repeats = args.repeats or (3 if args.quick else 5)
-        configs = inference.grid(args.quick)
+        configs = inference.grid(args.quick, args.kind)
         if args.only_run and run_depths is None:
             raise ConfigError("--only-run needs --run RUN_DIR")
         plan: list[tuple[inference.Config, bool, bool]] = \
             [] if args.only_run else [(c, True, False) for c in configs]
         if run_depths is not None:
-            plan += [(inference.Config(d_model=c.d_model, seq=c.seq, batch=c.batch, max_steps=run_steps),
+            plan += [(inference.Config(d_model=c.d_model, seq=c.seq, batch=c.batch, max_steps=run_steps,
+                                       kind=c.kind),
                       False, True) for c in configs]
         for i, (config, drawn, with_run) in enumerate(plan, 1):
             label = (f"[{i}/{len(plan)}] d_model={config.d_model} seq={config.seq} batch={config.batch} "
@@ -148,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_config(records: list, out) -> None:
     r0 = records[0]
-    print(f"\nd_model={r0.d_model} seq={r0.seq} batch={r0.batch} T_max={r0.max_steps}"
+    print(f"\n{r0.kind} d_model={r0.d_model} seq={r0.seq} batch={r0.batch} T_max={r0.max_steps}"
           f"  (full depth {r0.seconds * 1e3:.0f} ms wall, {r0.cpu_seconds * 1e3:.0f} ms CPU)", file=out)
     print(f"  {'depths':>7} {'mean':>5} {'ideal':>6} | {'masked ratio':>12} {'eff':>5} | "
           f"{'compact ratio':>13} {'eff':>5} | {'CPU-time: masked eff':>20} {'compact eff':>11}", file=out)
@@ -171,6 +174,11 @@ def summarise(rows: list[dict], out) -> None:
             print(f"{impl}: median {what} efficiency {statistics.median(r[key] for r in sel):.2f} over "
                   f"{len(sel)} configurations, min {worst[key]:.2f} (d_model={worst['d_model']} "
                   f"seq={worst['seq']} depth {worst['profile']}·T)", file=out)
+    runs = [r for r in rows if r["impl"] == "compact" and r["profile"] == "run"]
+    if runs:
+        wall = ", ".join(f"{r['efficiency']:.2f}" for r in runs)
+        cpu = ", ".join(f"{r['cpu_efficiency']:.2f}" for r in runs)
+        print(f"compact on the run's depths: wall-clock efficiency {wall}; CPU-time {cpu}", file=out)
 
 
 def print_training(records: list, out) -> None:

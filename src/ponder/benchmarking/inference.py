@@ -39,11 +39,13 @@ class Config:
     seq: int
     batch: int
     max_steps: int = 12
+    kind: str = "recurrent"   # recurrent (one shared block) | stacked (T_max distinct layers)
 
 
 @dataclass
 class Record:
     impl: str
+    kind: str
     d_model: int
     seq: int
     batch: int
@@ -63,11 +65,11 @@ class Record:
         return asdict(self)
 
 
-def grid(quick: bool) -> list[Config]:
+def grid(quick: bool, kind: str = "recurrent") -> list[Config]:
     """The measured grid: d_model ∈ {128, 256} × seq ∈ {64, 256}, batch 32–128 tokens-balanced."""
     if quick:
-        return [Config(d_model=d, seq=s, batch=b) for d in (128, 256) for s, b in ((64, 32), (256, 8))]
-    return [Config(d_model=d, seq=s, batch=b) for d in (128, 256) for s, b in ((64, 128), (256, 32))]
+        return [Config(d_model=d, seq=s, batch=b, kind=kind) for d in (128, 256) for s, b in ((64, 32), (256, 8))]
+    return [Config(d_model=d, seq=s, batch=b, kind=kind) for d in (128, 256) for s, b in ((64, 128), (256, 32))]
 
 
 def drawn_depths(shape: tuple[int, int], mean: float, max_steps: int, seed: int) -> torch.Tensor:
@@ -97,7 +99,7 @@ def tiled_depths(sequences: list[torch.Tensor], shape: tuple[int, int], seed: in
 
 def build_model(config: Config, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    cfg = ModelConfig(kind="recurrent", d_model=config.d_model, n_heads=4, d_ff=4 * config.d_model,
+    cfg = ModelConfig(kind=config.kind, d_model=config.d_model, n_heads=4, d_ff=4 * config.d_model,
                       prelude=0, core=1, coda=0, max_steps=config.max_steps, positions="learned",
                       max_len=max(512, config.seq), execution="dense")
     return models.build(cfg, ScriptedPolicy(steps=config.max_steps), vocab_size=VOCAB).eval()
@@ -167,7 +169,7 @@ def bench_config(config: Config, *, repeats: int, warmup: int, seed: int = 0,
         ideal = depth / config.max_steps
         ratio = median(t) / t_full
         c = median(cpu[f"{impl}:{profile}"])
-        records.append(Record(impl=impl, d_model=config.d_model, seq=config.seq, batch=config.batch,
+        records.append(Record(impl=impl, kind=config.kind, d_model=config.d_model, seq=config.seq, batch=config.batch,
                               max_steps=config.max_steps, profile=profile, mean_depth=depth,
                               seconds=median(t), spread=spread(t), ratio=ratio, ideal=ideal,
                               efficiency=ideal / ratio, cpu_seconds=c, cpu_ratio=c / c_full,
