@@ -124,12 +124,13 @@ def test_tiny_reproduction_end_to_end(tmp_path, capsys):
     assert "ponder reproduce parity" in text and "--budget 60" in text
     assert "nproc" in text and "torch" in text and "Load average" in text
     results = json.loads((out / "results.json").read_text())
-    assert [r["name"] for r in results] == ["transformer", "adatape"]
+    assert [r["name"] for r in results] == ["adatape", "transformer"]  # EXPERIMENTS order
     for r in results:
         assert r["steps"] == 4 and r["stop_reason"] == "steps" and 0 <= r["valid_acc"] <= 1
         assert r["n_valid"] == 16 and r["n_ood"] == 16 and r["curve"][-1][0] == 4
         assert (Path(r["run_dir"]) / "analysis.json").exists()
-    assert results[1]["compute_unit"] == "tape tokens" and results[1]["max_compute"] == 2
+    assert results[0]["compute_unit"] == "tape tokens" and results[0]["max_compute"] == 2
+    assert results[1]["compute_unit"] == "steps" and results[1]["max_compute"] == 2
     assert (out / "report.html").stat().st_size > 0
 
 

@@ -36,12 +36,13 @@ from ponder.errors import ConfigError
 
 # experiment → (run name, one-line description); the config is configs/<experiment>_<name>.yaml
 EXPERIMENTS: dict[str, tuple[tuple[str, str], ...]] = {
+    # Queue order: the runs likely to stop early first, so that the parallel slots stay busy.
     "parity": (
-        ("transformer", "Transformer, fixed depth (stacked, policy fixed)"),
-        ("ut", "Universal Transformer (shared core, ut_act)"),
+        ("adatape", "AdaTape (input-driven bank; compute = tape tokens read)"),
         ("pondernet", "PonderNet (shared core, pondernet)"),
         ("anira_o", "ANIRA-O (shared core, online halting)"),
-        ("adatape", "AdaTape (input-driven bank; compute = tape tokens read)"),
+        ("transformer", "Transformer, fixed depth (stacked, policy fixed)"),
+        ("ut", "Universal Transformer (shared core, ut_act)"),
     ),
 }
 STOP_AT_ACC = 0.995
