@@ -4,28 +4,31 @@ The reference semantics are those of :class:`ponder.models.engine.Engine` (``den
 module reproduces them exactly (to fp32 round-off) while doing work proportional to the
 active tokens. Per step n and block b of the step's group:
 
-- the active tokens are gathered, flattened across the batch (``index_select`` on a
-  ``[B·L, D]`` view), into one contiguous ``[T, D]`` buffer; norms, projections and the MLP
-  are plain matrix multiplies on it;
-- their queries are padded per sequence to the largest active count of the step
-  (``[B', H, A_max, hd]``, B' the sequences that still have active tokens; fully halted
-  sequences are dropped) for one ``scaled_dot_product_attention`` call against their own
-  sequence's keys/values;
+- the rows whose keys/values must be recomputed are gathered (``index_select`` on a
+  ``[B·L, D]`` view) into one contiguous buffer, the active tokens first (flattened across
+  the batch; they are the queries, so their buffer is a slice); norms, projections and the
+  MLP are plain matrix multiplies on it;
+- the queries are padded per sequence to the largest active count of the step
+  (``[B', H, A_max, hd]``) for one ``scaled_dot_product_attention`` call against their own
+  sequence's keys/values — two calls for two groups of sequences sorted by active count when
+  that saves enough padding; fully halted sequences are dropped when few are live;
 - keys/values of every token (frozen ones included: state copying) live in a per-block cache
-  ``[B·L, 2D]``. A row is recomputed only when its block input changed since the cache last
-  saw it (``stale`` rows): for a weight-shared core these are the tokens active at the
+  ``[2, B, H, L, hd]``. A row is recomputed only when its block input changed since the cache
+  last saw it (``stale`` rows): for a weight-shared core these are the tokens active at the
   previous step; a block seen for the first time (every layer of a stacked model) computes
   the rows of the sequences still alive;
 - the outputs are scattered back (``index_copy_``) into a fresh ``[B, L, D]`` state that the
   policy sees exactly as in dense mode. Policies never change.
 
-When nearly every token is active (fraction ≥ ``DENSE_FALLBACK``) the step runs unpadded on
-every row — the same code path with the identity gather skipped, which is what dense costs.
+When nearly every token is active (fraction ≥ ``DENSE_FALLBACK``) the step runs on every row
+without gather, padding or scatter (frozen rows kept with ``torch.where``), still filling the
+caches. Measurements and the reasons for the thresholds: ``docs/performance.md``.
 
-Without autograd (``torch.no_grad`` / ``inference_mode``) the caches are updated in place;
-with autograd every update is out of place so that gradients equal the dense ones (frozen
-states are detached exactly as in dense mode; the cached keys/values of a frozen token keep
-their graph to the block weights, and every step that reads them adds its contribution).
+Without autograd (``torch.no_grad`` / ``inference_mode``) the caches, the padded query grid
+and the stale masks are updated in place; with autograd every update is out of place so that
+gradients equal the dense ones (frozen states are detached exactly as in dense mode; the
+cached keys/values of a frozen token keep their graph to the block weights, and every step
+that reads them adds its contribution).
 """
 
 from __future__ import annotations
