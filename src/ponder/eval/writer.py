@@ -42,6 +42,7 @@ def write_records(path: Path, cols: dict[str, list], meta: dict[str, Any]) -> No
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are meant to be shared
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, path)
