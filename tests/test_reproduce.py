@@ -119,7 +119,7 @@ def test_tiny_reproduction_end_to_end(tmp_path, capsys):
     text = doc.read_text()
     header = next(line for line in text.splitlines() if line.startswith("| model"))
     assert [c.strip() for c in header.strip("|").split("|")] == list(TABLE_COLUMNS)
-    rows = [line for line in text.splitlines() if line.startswith("| transformer") or line.startswith("| adatape")]
+    rows = [line for line in text.splitlines() if line.startswith("| **transformer**") or line.startswith("| **adatape**")]
     assert len(rows) == 2 and all(len(r.strip("|").split("|")) == len(TABLE_COLUMNS) for r in rows)
     assert "ponder reproduce parity" in text and "--budget 60" in text
     assert "nproc" in text and "torch" in text and "Load average" in text

@@ -38,11 +38,11 @@ from ponder.errors import ConfigError
 EXPERIMENTS: dict[str, tuple[tuple[str, str], ...]] = {
     # Queue order: the runs likely to stop early first, so that the parallel slots stay busy.
     "parity": (
-        ("adatape", "AdaTape (input-driven bank; compute = tape tokens read)"),
-        ("pondernet", "PonderNet (shared core, pondernet)"),
-        ("anira_o", "ANIRA-O (shared core, online halting)"),
-        ("transformer", "Transformer, fixed depth (stacked, policy fixed)"),
-        ("ut", "Universal Transformer (shared core, ut_act)"),
+        ("adatape", "AdaTape, 2 layers, input-driven bank (compute = tape tokens read)"),
+        ("pondernet", "PonderNet, shared core ≤ 8 steps"),
+        ("anira_o", "ANIRA-O, shared core ≤ 8 steps, online halting"),
+        ("transformer", "Transformer, 4 layers, fixed depth"),
+        ("ut", "Universal Transformer, shared core ≤ 8 steps, UT-ACT"),
     ),
 }
 STOP_AT_ACC = 0.995
@@ -327,7 +327,7 @@ def results_markdown(experiment: str, rows: list[dict[str, Any]], *, command: st
         if r["failed_at"]:
             stop = f"FAILED in {r['failed_at']}"
         lines.append("| " + " | ".join([
-            f"{r['name']} ({r['description']})", _f(r["valid_acc"]), _f(r["ood_acc"]),
+            f"**{r['name']}**: {r['description']}", _f(r["valid_acc"]), _f(r["ood_acc"]),
             f"{_f(r['valid_compute'], '.2f')} / {r['max_compute']} {unit}",
             f"{_f(r['ood_compute'], '.2f')} / {r['max_compute']} {unit}", _f(r["rho"], ".2f"),
             _f(r["best_valid_acc"]), _f(r["train_s"], ".0f"), str(r["steps"] if r["steps"] is not None else "—"),
