@@ -153,3 +153,18 @@ def test_parallel_jobs_run_in_child_processes_and_report_failures(monkeypatch, c
     assert good.failed_at is None and also.failed_at is None and bad.failed_at == "train"
     assert printed.count("[good] hello from good") == 2 and printed.count("[bad] hello from bad") == 1
     assert "[bad] train FAILED (exit 3)" in printed and "[bad] eval:" not in printed
+
+
+def test_a_subset_run_does_not_replace_the_full_results_table(tmp_path):
+    import argparse
+
+    from ponder.reproduce import doc_path
+
+    def args(only=None, doc=None):
+        return argparse.Namespace(experiment="parity", only=only, doc=doc)
+
+    out = tmp_path / "runs"
+    assert doc_path(args(), out) == Path("docs/results/parity.md")
+    assert doc_path(args(only=list(reversed(PARITY))), out) == Path("docs/results/parity.md")
+    assert doc_path(args(only=["adatape"]), out) == out / "parity.md"
+    assert doc_path(args(only=["adatape"], doc="x.md"), out) == Path("x.md")

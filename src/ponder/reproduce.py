@@ -5,7 +5,8 @@ Universal Transformer (``ut_act``), PonderNet, ANIRA-O and AdaTape on ``parity``
 (``configs/parity_<name>.yaml``). Each model trains for at most ``--budget`` wall-clock
 seconds (stopping early at valid accuracy ``STOP_AT_ACC``), is evaluated on ``valid`` and
 ``ood``, analysed (``ponder analyze``); then one HTML report of all runs and a results
-table (``docs/results/<experiment>.md``, with the command and the machine) are written.
+table (``docs/results/<experiment>.md``, with the command and the machine; with ``--only``
+a subset goes to ``OUT/<experiment>.md`` unless ``--doc`` says otherwise) are written.
 
 Runs go ``--jobs`` at a time, each in its own processes with ``--threads`` torch threads
 (train → eval → analyze), their progress lines passed through as they come, prefixed with
@@ -365,6 +366,18 @@ def write_doc(path: Path, text: str) -> None:
     atomic_write_text(path, text + ("\n" + notes if notes else ""))
 
 
+def doc_path(args: argparse.Namespace, out: Path) -> Path:
+    """Where the results go: ``--doc``, else docs/results/EXPERIMENT.md for a full run and
+    OUT/EXPERIMENT.md for an ``--only`` subset (so that a partial re-run cannot replace the
+    full committed table with a table of a few rows)."""
+    if args.doc:
+        return Path(args.doc)
+    names = [n for n, _ in EXPERIMENTS[args.experiment]]
+    if args.only and set(args.only) != set(names):
+        return out / f"{args.experiment}.md"
+    return Path(f"docs/results/{args.experiment}.md")
+
+
 def command_line(args: argparse.Namespace) -> str:
     parts = ["ponder", "reproduce", args.experiment]
     if args.out:
@@ -406,7 +419,7 @@ def run(args: argparse.Namespace) -> int:
     from ponder.train.checkpoint import atomic_write_text
 
     atomic_write_text(out / "results.json", json.dumps(rows, indent=1))
-    doc = Path(args.doc or f"docs/results/{args.experiment}.md")
+    doc = doc_path(args, out)
     text = results_markdown(args.experiment, rows, command=command_line(args), mach=machine(load_start),
                             task=_task_description(jobs[0]), report=report)
     write_doc(doc, text)
@@ -435,6 +448,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                    "(default ./configs, else the repository's)")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", default=None,
                    help="config overrides applied to every run (e.g. run.steps=50)")
-    p.add_argument("--doc", default=None, help="results file (default docs/results/EXPERIMENT.md)")
+    p.add_argument("--doc", default=None, help="results file (default docs/results/EXPERIMENT.md; "
+                                               "OUT/EXPERIMENT.md with --only)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.set_defaults(func=run)
