@@ -14,7 +14,7 @@ registers ``"adatape"``).
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 from torch import nn
 
@@ -37,14 +37,27 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build(model_cfg: ModelConfig, policy: Union[Policy, str], *, vocab_size: int) -> nn.Module:
-    """Build the model of ``model_cfg.kind`` under ``policy`` (a fresh Policy or its name)."""
+def build(model_cfg: ModelConfig, policy: Union[Policy, str], *, vocab_size: int,
+          tokens: Optional[list[str]] = None) -> nn.Module:
+    """Build the model of ``model_cfg.kind`` under ``policy`` (a fresh Policy or its name).
+
+    ``tokens``: the vocabulary's strings in id order, needed when ``model_cfg.token_parts``
+    (the recurrent and stacked kinds then embed compound tokens' parts too).
+    """
     if isinstance(policy, str):
         from ponder.policies import get as get_policy
         policy = get_policy(policy)
     if model_cfg.kind not in _REGISTRY:
         raise ConfigError(f"unknown model kind {model_cfg.kind!r}; kinds: {', '.join(names())}")
-    return _REGISTRY[model_cfg.kind](model_cfg, policy, vocab_size=vocab_size)
+    model = _REGISTRY[model_cfg.kind](model_cfg, policy, vocab_size=vocab_size)
+    if getattr(model_cfg, "token_parts", False):
+        if tokens is None:
+            raise ConfigError("model.token_parts needs the vocabulary's tokens (build(..., tokens=...))")
+        embed = getattr(model, "embed", None)
+        if not hasattr(embed, "attach_parts"):
+            raise ConfigError(f"model kind {model_cfg.kind!r} does not support token_parts")
+        embed.attach_parts(list(tokens))
+    return model
 
 
 from ponder.models.recurrent import build_recurrent  # noqa: E402

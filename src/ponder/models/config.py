@@ -2,7 +2,7 @@
 
 Contract (what the trainer, eval and bench rely on; nothing else):
 
-    model = ponder.models.build(model_cfg, policy, vocab_size=len(vocab))
+    model = ponder.models.build(model_cfg, policy, vocab_size=len(vocab), tokens=vocab.itos)
     out: ModelOutput = model(tokens, mask)         # tokens [B, L] long, mask [B, L] bool
     loss, stats = model.loss(out, targets)          # targets [B, L], IGNORE_INDEX unscored
     prediction = out.logits.argmax(-1)              # [B, L]
@@ -63,6 +63,7 @@ class ModelConfig:
     max_len: int = 512             # for learned positions
     norm: str = "rmsnorm"          # rmsnorm | layernorm
     step_embedding: bool = True    # add a learned embedding of the step index at each step
+    token_parts: bool = False      # also embed compound tokens' parts ("8>13" → 0:8, 1:13)
     dropout: float = 0.0
     execution: str = "auto"        # auto (compact in eval, dense in training) | dense (reference) | compact
     adatape: AdaTapeConfig = field(default_factory=AdaTapeConfig)  # kind=adatape only

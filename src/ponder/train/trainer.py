@@ -66,7 +66,12 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
     import ponder.policies
 
     policy = ponder.policies.get(cfg.policy.name, **dict(cfg.policy.knobs))
-    return ponder.models.build(cfg.model, policy, vocab_size=vocab_size)
+    tokens = None
+    if getattr(cfg.model, "token_parts", False):  # the task's vocabulary strings, in id order
+        from ponder.tasks.vocab import Vocab
+
+        tokens = Vocab.for_task(build_task(cfg)).itos
+    return ponder.models.build(cfg.model, policy, vocab_size=vocab_size, tokens=tokens)
 
 
 def resolve_device(name: str) -> torch.device:
