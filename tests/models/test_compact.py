@@ -287,3 +287,106 @@ def test_auto_is_compact_in_eval_and_dense_in_training(monkeypatch):
 def test_unknown_execution_is_a_config_error():
     with pytest.raises(ConfigError, match="execution"):
         models.build(cfg("recurrent", False, execution="sparse"), policies.get("fixed"), vocab_size=V)
+
+
+# -- state buffers reused across steps (no autograd) -----------------------------------------
+class HoardingPolicy(ScriptedPolicy):
+    """Scripted halting that keeps ``view.h`` / ``view.prev`` (and a view of it) of every step,
+    with a private copy of each, so the test can see whether the engine wrote into them."""
+
+    def start(self, view):
+        memo = super().start(view)
+        memo["kept"] = []
+        return memo
+
+    def step(self, memo, view):
+        for t in (view.h, view.prev.detach(), view.h.view(-1)):
+            memo["kept"].append((t, t.clone()))
+        return super().step(memo, view)
+
+
+def reuse_spy(monkeypatch):
+    """→ a list that gets, per compacted step, whether the state buffer was a reused one
+    (the spare's address is read while the spare is alive, so a fresh allocation cannot
+    coincide with it)."""
+    seen: list[bool] = []
+    real = compact.CompactStepper._state_buffer
+
+    def state_buffer(self, h, act_flat):
+        ptr = None if self._spare is None else self._spare.data_ptr()
+        out = real(self, h, act_flat)
+        seen.append(out.data_ptr() == ptr)
+        return out
+
+    monkeypatch.setattr(compact.CompactStepper, "_state_buffer", state_buffer)
+    return seen
+
+
+@pytest.mark.parametrize("kind,causal,core,positions", [("recurrent", False, 1, "learned"),
+                                                        ("recurrent", True, 2, "rotary"),
+                                                        ("stacked", False, 1, "none")])
+def test_reused_state_buffers_equal_dense(kind, causal, core, positions, monkeypatch):
+    """With buffer reuse forced at every step, compact equals dense — and buffers really are
+    reused (the same storage comes back two steps later)."""
+    monkeypatch.setattr(compact, "SPARE_MAX", 1.0)
+    monkeypatch.setattr(compact, "DENSE_FALLBACK", 2.0)
+    seen = reuse_spy(monkeypatch)
+    tokens, mask, _ = batch(B=5, L=11, seed=2)
+    steps = torch.randint(1, N + 1, (5, 11), generator=torch.Generator().manual_seed(7))
+    dense, comp = scripted_models(kind, causal, positions, core, steps)
+    dense.eval(), comp.eval()
+    with torch.inference_mode():
+        a, b = dense(tokens, mask), comp(tokens, mask)
+    assert torch.equal(a.steps, b.steps)
+    torch.testing.assert_close(b.logits, a.logits, atol=TOL, rtol=TOL)
+    assert any(seen), "no state buffer was reused"
+
+
+def test_policy_holding_views_is_never_overwritten(monkeypatch):
+    """A policy that keeps the states it was shown (and views of them) across steps sees them
+    unchanged at the end: the engine only reuses a buffer nobody else holds."""
+    monkeypatch.setattr(compact, "SPARE_MAX", 1.0)
+    monkeypatch.setattr(compact, "DENSE_FALLBACK", 2.0)
+    tokens, mask, _ = batch(B=5, L=11, seed=2)
+    steps = torch.randint(1, N + 1, (5, 11), generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(3)
+    config = cfg("recurrent", False, positions="learned")
+    dense = models.build(config, HoardingPolicy(steps=steps), vocab_size=V).eval()
+    comp = with_execution(dense, "compact")
+    memos = []
+    real_finish = HoardingPolicy.finish
+
+    def finish(self, memo, view):
+        memos.append(memo)
+        return real_finish(self, memo, view)
+
+    monkeypatch.setattr(HoardingPolicy, "finish", finish)
+    seen = reuse_spy(monkeypatch)
+    with torch.inference_mode():
+        a, b = dense(tokens, mask), comp(tokens, mask)
+    torch.testing.assert_close(b.logits, a.logits, atol=TOL, rtol=TOL)
+    assert seen and not any(seen)  # every step checked, none could reuse
+    kept = memos[1]["kept"]
+    assert len(kept) == 3 * N
+    for t, copy_then in kept:
+        assert torch.equal(t, copy_then)
+
+
+def test_dense_engine_without_pads_equals_masked_loop():
+    """The dense engine drops the all-True attention mask when there are no pads and no
+    causality; the result is that of the plain loop with the full mask."""
+    tokens, _, _ = batch(B=3, L=8, seed=3)
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    torch.manual_seed(3)
+    model = models.build(cfg("recurrent", False, positions="learned", core=2),
+                         ScriptedPolicy(steps=N), vocab_size=V).eval()
+    ctx = AttnContext.build(mask, causal=False, rope=model.rotary)
+    assert ctx.attn_mask is not None
+    with torch.no_grad():
+        h = model.prelude(model.embed(tokens), ctx)
+        for n in range(1, N + 1):
+            e = model.step_vector(n)
+            h = model.core_group(n)(h if e is None else h + e, ctx)
+        want = model.readout(h, ctx)
+        got = model(tokens, mask).logits
+    torch.testing.assert_close(got, want, atol=TOL, rtol=TOL)

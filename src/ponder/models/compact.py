@@ -56,6 +56,9 @@ GROUP_SAVING = 0.25
 KEEP_ALL = 0.5
 # ... and only when the padded calls are long enough for padding to cost more than a call
 GROUP_MIN_QUERIES = 16
+# Reuse the previous step's input buffer for the state (instead of copying the whole state)
+# when the previous step ran fewer than this fraction of the rows.
+SPARE_MAX = 0.25
 
 
 @dataclass
@@ -100,15 +103,29 @@ def _needs_mask(ctx: AttnContext) -> bool:
     return ctx.causal or not bool(ctx.key_mask.all())
 
 
-def build_index(active: torch.Tensor, ctx: AttnContext, *, dense: bool) -> StepIndex:
+def _sole_owner(t: torch.Tensor) -> bool:
+    """Whether ``t`` is the only tensor holding its storage (no view, no other reference
+    anywhere), so that writing into it in place can change nothing anyone else sees. False
+    when this cannot be checked."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return False
+    # one reference from t, one from the temporary storage object made to ask
+    return use_count(t.untyped_storage()._cdata) <= 2
+
+
+def build_index(active: torch.Tensor, ctx: AttnContext, *, dense: bool,
+                needs_mask: Optional[bool] = None) -> StepIndex:
     """active [B, L] bool → the step's :class:`StepIndex`."""
     B, L = active.shape
+    if needs_mask is None:
+        needs_mask = _needs_mask(ctx)
     flat = active.reshape(-1)
     counts = active.sum(1)
     alive = counts > 0
     if dense:
         rows = torch.arange(B * L, device=active.device)
-        qmask = ctx.attn_mask if _needs_mask(ctx) else None
+        qmask = ctx.attn_mask if needs_mask else None
         return StepIndex(rows=rows, dense=True, groups=[], order=None, qmask=qmask, alive=alive)
     rows = flat.nonzero().view(-1)
     seq = torch.div(rows, L, rounding_mode="floor")
@@ -155,7 +172,7 @@ def build_index(active: torch.Tensor, ctx: AttnContext, *, dense: bool) -> StepI
             grid = torch.ones(len(part) * a_max, L, dtype=torch.bool, device=active.device)
             grid.index_copy_(0, slot, ctx.attn_mask.reshape(B * L, L).index_select(0, g_rows))
             qmask = grid.view(len(part), 1, a_max, L)
-        elif _needs_mask(ctx):
+        elif needs_mask:
             km = ctx.key_mask if seqs is None else ctx.key_mask.index_select(0, seqs)
             qmask = km[:, None, None, :]
         else:
@@ -193,6 +210,13 @@ class CompactStepper:
         self.heads = core(1).blocks[0].attn.n_heads
         self.scratch: list[torch.Tensor] = []   # caches reused across layers (no autograd, unshared)
         self.grid: Optional[torch.Tensor] = None  # padded query buffer (no autograd)
+        self.needs_mask = _needs_mask(ctx)
+        # state buffers reused across steps without autograd (see _state_buffer)
+        self._last_out: Optional[torch.Tensor] = None
+        self._spare: Optional[torch.Tensor] = None
+        self._spare_rows: Optional[torch.Tensor] = None
+        self._row_base: Optional[torch.Tensor] = None
+        self._row_offset: Optional[torch.Tensor] = None
 
     # -- one step -----------------------------------------------------------------------
     def step(self, n: int, h: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
@@ -203,13 +227,14 @@ class CompactStepper:
         if n_active == 0:
             return h
         dense = n_active >= self.dense_fallback * self.n_real
-        index = build_index(active, self.ctx, dense=dense)
+        index = build_index(active, self.ctx, dense=dense, needs_mask=self.needs_mask)
         group = self.core(n)
         caches, stale = self._caches(group, h)
         h_flat = h.reshape(B * L, D)
         act_flat = active.reshape(-1)
         e = self.step_embedding(n) if self.step_embedding is not None else None
         every = n_active == B * L  # no pads, nobody frozen: nothing to mask
+        extra = None
         if dense:
             refresh = None
             if e is None:
@@ -229,7 +254,7 @@ class CompactStepper:
                     x_r[:n_active] += e
                 else:
                     x_r = torch.cat([x_r[:n_active] + e, x_r[n_active:]])
-        pos_r = None if refresh is None else refresh % L
+        pos_r = None if refresh is None or self.ctx.rope is None else refresh % L
         cache_rows = None if refresh is None else self._cache_rows(refresh).view(-1)
         n_q = B * L if dense else n_active
         blocks = list(group.blocks)
@@ -253,13 +278,50 @@ class CompactStepper:
                 stale.index_fill_(0, extra, False)
             stale.index_fill_(0, index.rows, True)
         if dense:
-            return x_q.view(B, L, D)
+            out_state = x_q.view(B, L, D)
+            self._remember(h, out_state, None)
+            return out_state
         if self.inplace:
-            out_flat = h_flat.clone()
+            out_flat = self._state_buffer(h, act_flat)
             out_flat.index_copy_(0, index.rows, x_q)
-        else:
-            out_flat = h_flat.index_copy(0, index.rows, x_q)
-        return out_flat.view(B, L, D)
+            out_state = out_flat.view(B, L, D)
+            self._remember(h, out_state, index.rows)
+            return out_state
+        return h_flat.index_copy(0, index.rows, x_q).view(B, L, D)
+
+    # -- the state buffers (no autograd) ------------------------------------------------
+    def _state_buffer(self, h: torch.Tensor, act_flat: torch.Tensor) -> torch.Tensor:
+        """A ``[B·L, D]`` buffer equal to ``h`` except possibly at this step's active rows
+        (which the caller overwrites).
+
+        The step's output must be a tensor of its own (``h`` stays the policy's ``view.prev``),
+        but copying the whole state every step costs a full memory pass per step even when a
+        handful of tokens run. When ``h`` is the output of our previous step, the input of that
+        step (a buffer of ours that nobody else holds any more: checked on its storage's use
+        count, so a policy keeping ``view.prev`` or ``view.h`` across steps is safe) differs
+        from ``h`` only at the rows that step ran: copy back those of them that are frozen now.
+        """
+        B, L = self.B, self.L
+        spare, rows = self._spare, self._spare_rows
+        if (spare is not None and h is self._last_out and rows is not None
+                and rows.numel() < SPARE_MAX * B * L and _sole_owner(spare)):
+            flat = spare.view(B * L, -1)
+            # rows the previous step ran and this step does not: they froze at h
+            frozen = rows[~act_flat.index_select(0, rows)]
+            if frozen.numel():
+                flat.index_copy_(0, frozen, h.reshape(B * L, -1).index_select(0, frozen))
+            self._spare = None  # it is the output now
+            return flat
+        return h.reshape(B * L, -1).clone()
+
+    def _remember(self, h: torch.Tensor, out: torch.Tensor, rows: Optional[torch.Tensor]) -> None:
+        """After a step: ``out`` = ``h`` with ``rows`` replaced (None: any row may differ). The
+        input ``h`` becomes the spare buffer of the next step if it is one of ours."""
+        if not self.inplace:
+            return
+        self._spare = h if (h is self._last_out and h is not None) else None
+        self._spare_rows = rows
+        self._last_out = out
 
     # -- helpers ------------------------------------------------------------------------
     def _caches(self, group: Group, h: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -284,14 +346,16 @@ class CompactStepper:
         return caches, stale
 
     def _cache_rows(self, refresh: torch.Tensor) -> torch.Tensor:
-        """refresh [R] flat token rows → [R·2H] rows of a flat ``[2·B·H·L, hd]`` cache, in the
+        """refresh [R] flat token rows → [R, 2H] rows of a flat ``[2·B·H·L, hd]`` cache, in the
         order of ``kv(x)`` viewed as ``[R, 2H, hd]`` (keys' heads, then values' heads)."""
-        B, L, H = self.B, self.L, self.heads
-        b = torch.div(refresh, L, rounding_mode="floor")
-        l = refresh - b * L
-        j = torch.arange(2 * H, device=refresh.device)
-        part, head = torch.div(j, H, rounding_mode="floor"), j % H
-        return (part * (B * H * L) + head * L)[None, :] + (b * (H * L) + l)[:, None]
+        if self._row_base is None:
+            # built once per forward: token b·L + l → b·H·L + l; (part, head) j → offset
+            B, L, H = self.B, self.L, self.heads
+            tok = torch.arange(B * L, device=refresh.device)
+            self._row_base = tok + torch.div(tok, L, rounding_mode="floor") * ((H - 1) * L)
+            j = torch.arange(2 * H, device=refresh.device)
+            self._row_offset = torch.div(j, H, rounding_mode="floor") * (B * H * L) + (j % H) * L
+        return self._row_base.index_select(0, refresh)[:, None] + self._row_offset[None, :]
 
     def _block(self, block: Block, x_r: torch.Tensor, n_q: int, refresh: Optional[torch.Tensor],
                pos_r: Optional[torch.Tensor], cache_rows: Optional[torch.Tensor], index: StepIndex,
@@ -391,6 +455,9 @@ def run_compact(engine: "Engine", *, h0: torch.Tensor, mask: torch.Tensor, ctx: 
                              training=training, readout=readout))
     view = None
     for n in range(1, N + 1):
+        # the last step's view holds the previous state: let go of it so the stepper may
+        # reuse that buffer (it checks that nobody else holds it)
+        view = None
         new = stepper.step(n, h, active)
         view = View(n=n, max_steps=N, h=new, prev=h, active=active, mask=mask,
                     training=training, readout=readout)
