@@ -17,8 +17,10 @@ active tokens. Per step n and block b of the step's group:
   last saw it (``stale`` rows): for a weight-shared core these are the tokens active at the
   previous step; a block seen for the first time (every layer of a stacked model) computes
   the rows of the sequences still alive;
-- the outputs are scattered back (``index_copy_``) into a fresh ``[B, L, D]`` state that the
-  policy sees exactly as in dense mode. Policies never change.
+- the outputs are scattered back (``index_copy_``) into a ``[B, L, D]`` state of its own that
+  the policy sees exactly as in dense mode (without autograd, the engine's buffer of the step
+  before last when nobody else holds it; see ``CompactStepper._state_buffer``). Policies
+  never change.
 
 When nearly every token is active (fraction ≥ ``DENSE_FALLBACK``) the step runs on every row
 without gather, padding or scatter (frozen rows kept with ``torch.where``), still filling the
