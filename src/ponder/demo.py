@@ -102,8 +102,35 @@ def verdict(records: list[dict[str, Any]]) -> str:
     return line
 
 
+def busy_cpus(seconds: float = 0.5) -> float:
+    """CPUs kept busy by other work right now, sampled from /proc/stat over ``seconds``.
+
+    The load average would still count the set-up that ran just before (``make demo``
+    installs packages first), so it would always report a busy machine on a fresh clone.
+    Returns the 1-minute load average where /proc/stat is not available.
+    """
+    import os
+
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(seconds)
+        total1, idle1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cpus = os.cpu_count() or 1
+    if total1 <= total0:
+        return 0.0
+    return cpus * (1.0 - (idle1 - idle0) / (total1 - total0))
+
+
 def auto_threads() -> int:
-    """2 threads on an idle 2-core machine; 1 when other work already loads the cores.
+    """2 threads on an idle 2-core machine; 1 when other work already keeps a core busy.
 
     Oversubscribed OpenMP threads spin against each other: on this machine, 2 threads under
     a load average of ~6 ran a step several times slower than 1 thread.
@@ -111,11 +138,7 @@ def auto_threads() -> int:
     import os
 
     cpus = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # pragma: no cover - not on every platform
-        load = 0.0
-    return max(1, min(2, cpus)) if load < 0.5 * cpus else 1
+    return max(1, min(2, cpus)) if busy_cpus() < 0.5 * cpus else 1
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:

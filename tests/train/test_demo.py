@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 import json
 
 import pytest
@@ -38,3 +39,19 @@ def test_spearman_against_hand_computed_ranks():
     # ranks of steps: [1, 2, 3, 4]; of complexity: [1, 3, 2, 4] → d² = 0+1+1+0 = 2
     assert spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(1 - 6 * 2 / (4 * 15))
     assert spearman([2, 2, 2, 2], [1, 2, 3, 4]) is None
+
+
+def test_busy_cpus_sees_a_spinning_process() -> None:
+    """The thread choice samples /proc/stat: a process spinning on one core shows as busy."""
+    import subprocess
+    import sys
+
+    from ponder.demo import busy_cpus
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cpus(0.5) >= 0.6
+    finally:
+        spinner.kill()
+        spinner.wait()
