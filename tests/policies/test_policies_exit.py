@@ -271,7 +271,7 @@ def test_confidence_classifier_bce_matches_loop():
                 y = 1.0 if preds[n - 1] == preds[-1] else 0.0
                 bce -= y * math.log(sigmoid(z)) + (1 - y) * math.log(1 - sigmoid(z))
             total, count = total + bce / (N - 1), count + 1
-    assert float(halting.aux_loss) == pytest.approx(0.5 * total / count, rel=1e-5)
+    assert float(halting.aux_loss.detach()) == pytest.approx(0.5 * total / count, rel=1e-5)
     halting.aux_loss.backward()
     assert policy.exit_head.weight.grad.abs().sum() > 0
     # eval: no full-depth prediction to learn from, no loss
