@@ -325,7 +325,7 @@ def dat_reference(policy, hs, b, t):
     """(q over 1..N by products, χ per layer) for one token."""
     chis = []
     for n in range(1, N):
-        z = sum(float(w) * float(x) for w, x in zip(policy.halt_weight[n - 1], hs[n][b, t]))
+        z = sum(float(w) * float(x) for w, x in zip(policy.halt_weight[n - 1].detach(), hs[n][b, t]))
         chis.append(sigmoid(z + float(policy.halt_bias[n - 1])))
     q, survive = [], 1.0
     for chi in chis:
