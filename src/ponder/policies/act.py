@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ponder.policies.base import Decision, Halting, Policy, View, knob
-from ponder.policies.halting import act_step, masked_mean
+from ponder.policies.halting import act_step, halting_head, masked_mean
 from ponder.policies.registry import register
 
 
@@ -36,9 +35,7 @@ class Act(Policy):
 
     def bind(self, *, d_model: int, max_steps: int) -> None:
         super().bind(d_model=d_model, max_steps=max_steps)
-        self.head = nn.Linear(d_model, 1)
-        with torch.no_grad():
-            self.head.bias.fill_(self.knobs.halt_bias)
+        self.head = halting_head(d_model, self.knobs.halt_bias)
 
     def start(self, view: View) -> dict:
         zeros = torch.zeros_like(view.mask, dtype=view.h.dtype)

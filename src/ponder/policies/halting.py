@@ -196,3 +196,15 @@ def stickbreak_distribution(alpha: torch.Tensor, stop: float) -> tuple[torch.Ten
         steps = torch.where(stop_now, n + 1, steps)
         done = done | stop_now
     return torch.stack(ps, -1), steps
+
+
+def halting_head(d_model: int, bias: float) -> "torch.nn.Linear":
+    """A [.., d_model] → [.., 1] halting unit whose bias starts at ``bias``.
+
+    A negative bias starts deep: a positive one makes tokens halt after ~2 steps and training
+    stalls there (the halting-bias trap, reference/mechanisms.md).
+    """
+    head = torch.nn.Linear(d_model, 1)
+    with torch.no_grad():
+        head.bias.fill_(bias)
+    return head

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ponder.policies.base import Decision, Halting, Policy, View, knob
-from ponder.policies.halting import (THRESHOLD_TOL, compute_regulariser, conditional_log_step,
+from ponder.policies.halting import (THRESHOLD_TOL, compute_regulariser, conditional_log_step, halting_head,
                                      expected_steps, masked_mean, threshold_step)
 from ponder.policies.registry import register
 
@@ -37,9 +36,7 @@ class ConditionalHalting(Policy):
 
     def bind(self, *, d_model: int, max_steps: int) -> None:
         super().bind(d_model=d_model, max_steps=max_steps)
-        self.head = nn.Linear(d_model, 1)
-        with torch.no_grad():
-            self.head.bias.fill_(self.knobs.halt_bias)
+        self.head = halting_head(d_model, self.knobs.halt_bias)
 
     def start(self, view: View) -> dict:
         zeros = torch.zeros_like(view.mask, dtype=view.h.dtype)
