@@ -154,12 +154,13 @@ def test_compact_equals_dense_in_eval(combo):
 
 
 # -- every registered policy, training: same loss and gradients ---------------------------
-@pytest.mark.parametrize("never_dense", [False, True], ids=["fallback", "always-gather"])
+@pytest.mark.parametrize("mode", ["fallback", "always-gather", "always-full-refresh"])
 @pytest.mark.parametrize("combo", combos(), ids=ids)
-def test_compact_training_gradients_equal_dense(combo, never_dense, monkeypatch):
+def test_compact_training_gradients_equal_dense(combo, mode, monkeypatch):
     name, kind, causal = combo
-    if never_dense:
+    if mode != "fallback":
         monkeypatch.setattr(compact, "DENSE_FALLBACK", 2.0)
+        monkeypatch.setattr(compact, "FULL_REFRESH", 0.0 if mode == "always-full-refresh" else 2.0)
     dense, _ = halting_model(name, cfg(kind, causal), training=True)
     dense.train()
     comp = with_execution(dense, "compact").train()
@@ -195,14 +196,23 @@ def scripted_models(kind: str, causal: bool, positions: str, core: int, steps: t
     return dense, with_execution(dense, "compact")
 
 
-@pytest.mark.parametrize("fallback,saving", [(0.0, None), (None, None), (2.0, 1.0), (2.0, 0.0)],
-                         ids=["always-dense", "default", "one-group", "split-groups"])
+@pytest.mark.parametrize("fallback,saving,refresh", [(0.0, None, None), (None, None, None),
+                                                     (2.0, 1.0, 2.0), (2.0, 0.0, 2.0),
+                                                     (2.0, 0.0, 0.0), (2.0, 1.0, 0.0)],
+                         ids=["always-dense", "default", "one-group", "split-groups",
+                              "full-refresh-split", "full-refresh-one-group"])
 @pytest.mark.parametrize("positions", ["none", "rotary", "learned"])
 @pytest.mark.parametrize("kind,causal,core", [("recurrent", False, 1), ("recurrent", True, 2),
                                               ("stacked", False, 2), ("stacked", True, 1)])
-def test_scripted_depths_equal_dense(kind, causal, core, positions, fallback, saving, monkeypatch):
+def test_scripted_depths_equal_dense(kind, causal, core, positions, fallback, saving, refresh,
+                                     monkeypatch):
+    """Every way of running a step (dense fallback; keys/values of every row with the queries
+    gathered; keys/values of the needed rows only, through the cache; one or two attention
+    groups) equals the dense engine."""
     if fallback is not None:
         monkeypatch.setattr(compact, "DENSE_FALLBACK", fallback)
+    if refresh is not None:
+        monkeypatch.setattr(compact, "FULL_REFRESH", refresh)
     if saving is not None:
         monkeypatch.setattr(compact, "GROUP_SAVING", saving)
         monkeypatch.setattr(compact, "GROUP_MIN_QUERIES", 1)
@@ -246,10 +256,12 @@ def test_inference_mode_and_eval_with_autograd_agree():
     torch.testing.assert_close(b.logits.detach(), a.logits, atol=TOL, rtol=TOL)
 
 
+@pytest.mark.parametrize("refresh", [0.0, 2.0], ids=["full-refresh", "gathered"])
 @pytest.mark.parametrize("kind", ["recurrent", "stacked"])
-def test_scripted_gradients_equal_dense(kind):
+def test_scripted_gradients_equal_dense(kind, refresh, monkeypatch):
     """Frozen tokens stay keys/values without passing gradient to their state (dense rule),
-    through the gathered path (eval flag, autograd on: scripted depths halt in both modes)."""
+    through the gathered paths (eval flag, autograd on: scripted depths halt in both modes)."""
+    monkeypatch.setattr(compact, "FULL_REFRESH", refresh)
     tokens, mask, targets = batch()
     steps = torch.randint(1, N + 1, (4, 9), generator=torch.Generator().manual_seed(6))
     dense, comp = scripted_models(kind, True, "rotary", 2, steps)

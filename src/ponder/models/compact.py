@@ -58,6 +58,10 @@ GROUP_SAVING = 0.25
 KEEP_ALL = 0.5
 # ... and only when the padded calls are long enough for padding to cost more than a call
 GROUP_MIN_QUERIES = 16
+# Compute keys/values of every row in natural order (no gather, no cache write of the active
+# rows) when at least this fraction of the rows needs them anyway (measured: the scattered
+# cache write costs about a fifth of the keys/values of a row).
+FULL_REFRESH = 0.9
 # Reuse the previous step's input buffer for the state (instead of copying the whole state)
 # when the previous step ran fewer than this fraction of the rows.
 SPARE_MAX = 0.25
@@ -222,7 +226,23 @@ class CompactStepper:
 
     # -- one step -----------------------------------------------------------------------
     def step(self, n: int, h: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """h [B, L, D], active [B, L] bool → state after step n [B, L, D] (frozen rows kept)."""
+        """h [B, L, D], active [B, L] bool → state after step n [B, L, D] (frozen rows kept).
+
+        Three ways to run a step, chosen by how many rows need new keys/values:
+
+        - ``dense`` (≥ DENSE_FALLBACK of the real tokens active): every row runs the block in
+          natural order; frozen rows keep their state (``torch.where``);
+        - ``full`` (the rows needing keys/values — active ones, and the frozen ones whose state
+          changed since the cache saw them — are ≥ FULL_REFRESH of all rows): norm and
+          keys/values of every row in natural order, queries, attention output and MLP on
+          the active rows only;
+        - ``partial``: norm and keys/values of the needed rows only, gathered into one
+          buffer (active rows first), written into the cache that attention reads.
+
+        In the first two, attention reads the fresh keys/values directly (no cache write for
+        the active rows: a row active now is refreshed again at the next step before anyone
+        reads it); the cache only receives the rows that froze (shared core).
+        """
         B, L = self.B, self.L
         D = h.shape[-1]
         n_active = int(active.sum())
@@ -236,8 +256,17 @@ class CompactStepper:
         act_flat = active.reshape(-1)
         e = self.step_embedding(n) if self.step_embedding is not None else None
         every = n_active == B * L  # no pads, nobody frozen: nothing to mask
-        extra = None
+        # frozen rows whose keys/values are out of date (their state changed since the cache
+        # last saw them), in sequences that still run
         if dense:
+            extra = (stale & ~act_flat).nonzero().view(-1)
+        else:
+            alive_rows = index.alive[:, None].expand(B, L).reshape(-1)
+            extra = (stale & ~act_flat & alive_rows).nonzero().view(-1)
+        full = dense or n_active + extra.numel() >= FULL_REFRESH * B * L
+        # only a shared core's cache is read at later steps
+        keep = extra if self.shared and extra.numel() else None
+        if full:
             refresh = None
             if e is None:
                 x_r = h_flat
@@ -246,8 +275,6 @@ class CompactStepper:
         else:
             # refreshed rows: the active ones first (they are the queries: x_q = x_r[:T]), then
             # the stale rows of sequences that still have an active token
-            alive_rows = index.alive[:, None].expand(B, L).reshape(-1)
-            extra = (stale & ~act_flat & alive_rows).nonzero().view(-1)
             refresh = torch.cat([index.rows, extra]) if extra.numel() else index.rows
             x_r = h_flat.index_select(0, refresh)
             if e is not None:
@@ -256,29 +283,33 @@ class CompactStepper:
                     x_r[:n_active] += e
                 else:
                     x_r = torch.cat([x_r[:n_active] + e, x_r[n_active:]])
-        pos_r = None if refresh is None or self.ctx.rope is None else refresh % L
-        cache_rows = None if refresh is None else self._cache_rows(refresh).view(-1)
-        n_q = B * L if dense else n_active
+        rope_pos = None if self.ctx.rope is None else (
+            torch.arange(B * L, device=h.device) % L if refresh is None else refresh % L)
+        rows = {"refresh": refresh, "queries": None if dense else index.rows, "keep": keep,
+                "keep_cache": None if keep is None else self._cache_rows(keep).view(-1),
+                "cache": None if refresh is None else self._cache_rows(refresh).view(-1),
+                "pos": rope_pos}
         blocks = list(group.blocks)
         for i, block in enumerate(blocks):
-            out = self._block(block, x_r, n_q, refresh, pos_r, cache_rows, index, caches, i)
+            out = self._block(block, x_r, n_active, rows, index, caches, i)
             if dense:
                 if not every:
                     out = torch.where(act_flat[:, None], out, x_r)  # frozen rows keep their state
                 x_r = out
             elif i + 1 < len(blocks):
-                if self.inplace:
+                if full:
+                    x_r = x_r.index_copy(0, index.rows, out)
+                elif self.inplace:
                     x_r[:n_active] = out
                 else:
                     x_r = torch.cat([out, x_r[n_active:]])
             x_q = out
         # the refreshed rows are current now, except the active ones: their input changes
-        if refresh is None:
-            stale.copy_(act_flat)
-        else:
-            if extra.numel():
-                stale.index_fill_(0, extra, False)
-            stale.index_fill_(0, index.rows, True)
+        if extra.numel():
+            stale = self._set_rows(stale, extra, False)
+        stale = self._set_rows(stale, index.rows, True)
+        if self.shared:
+            self.stale[id(group)] = stale
         if dense:
             out_state = x_q.view(B, L, D)
             self._remember(h, out_state, None)
@@ -290,6 +321,11 @@ class CompactStepper:
             self._remember(h, out_state, index.rows)
             return out_state
         return h_flat.index_copy(0, index.rows, x_q).view(B, L, D)
+
+    def _set_rows(self, t: torch.Tensor, rows: torch.Tensor, value: bool) -> torch.Tensor:
+        if self.inplace:
+            return t.index_fill_(0, rows, value)
+        return t.index_fill(0, rows, value)
 
     # -- the state buffers (no autograd) ------------------------------------------------
     def _state_buffer(self, h: torch.Tensor, act_flat: torch.Tensor) -> torch.Tensor:
@@ -359,14 +395,14 @@ class CompactStepper:
             self._row_offset = torch.div(j, H, rounding_mode="floor") * (B * H * L) + (j % H) * L
         return self._row_base.index_select(0, refresh)[:, None] + self._row_offset[None, :]
 
-    def _block(self, block: Block, x_r: torch.Tensor, n_q: int, refresh: Optional[torch.Tensor],
-               pos_r: Optional[torch.Tensor], cache_rows: Optional[torch.Tensor], index: StepIndex,
+    def _block(self, block: Block, x_r: torch.Tensor, n_q: int, rows: dict, index: StepIndex,
                caches: list[torch.Tensor], i: int) -> torch.Tensor:
-        """One pre-norm block on gathered rows.
+        """One pre-norm block of a step.
 
-        x_r [R, D]  block input of the rows whose keys/values are refreshed; the first n_q
-                    are the queries (R = B·L in natural order when ``refresh`` is None: dense)
-        → the block output of the query rows [n_q, D]
+        x_r [R, D]  block input of the rows whose keys/values are computed: every row in
+                    natural order (R = B·L; ``rows["refresh"]`` None), or the gathered
+                    refreshed rows with the n_q queries first
+        → the block output of the query rows [n_q, D] (every row when the step is dense)
         """
         attn = block.attn
         B, L = self.B, self.L
@@ -377,35 +413,43 @@ class CompactStepper:
         rope = self.ctx.rope
         if rope is not None:
             cos, sin = rope
-            if pos_r is not None:
-                cos_r, sin_r = cos.index_select(0, pos_r), sin.index_select(0, pos_r)
-            else:
-                cos_r, sin_r = cos.repeat(B, 1), sin.repeat(B, 1)
+            cos_r, sin_r = cos.index_select(0, rows["pos"]), sin.index_select(0, rows["pos"])
             k_r = _rotate(kv_r[:, :D].reshape(-1, H, hd), cos_r[:, None], sin_r[:, None])
             kv_r = torch.cat([k_r.reshape(-1, D), kv_r[:, D:]], dim=1)
         hd2 = (-1, hd)
-        if refresh is None:
-            caches[i] = kv_r.view(B, L, 2, H, hd).permute(2, 0, 3, 1, 4).contiguous()
-        elif self.inplace:
-            caches[i].view(hd2).index_copy_(0, cache_rows, kv_r.reshape(hd2))
+        queries = rows["queries"]
+        if rows["refresh"] is None:
+            # keys/values of every row, in natural order: attention reads them as they are
+            kv = kv_r.view(B, L, 2, H, hd).permute(2, 0, 3, 1, 4)
+            if rows["keep"] is not None:
+                # the rows that froze are read again at later steps: into the cache
+                src = kv_r.index_select(0, rows["keep"]).reshape(hd2)
+                caches[i] = self._write(caches[i], rows["keep_cache"], src)
+            if queries is None:
+                x_q, y_q = x_r, y_r
+            else:
+                x_q, y_q = x_r.index_select(0, queries), y_r.index_select(0, queries)
         else:
-            caches[i] = caches[i].reshape(hd2).index_copy(0, cache_rows, kv_r.reshape(hd2)).view(caches[i].shape)
-        x_q, y_q = x_r[:n_q], y_r[:n_q]
+            caches[i] = self._write(caches[i], rows["cache"], kv_r.reshape(hd2))
+            kv = caches[i]
+            x_q, y_q = x_r[:n_q], y_r[:n_q]
         q = attn.q(y_q)
         if rope is not None:
-            q = _rotate(q.view(-1, H, hd), cos_r[:n_q, None], sin_r[:n_q, None]).reshape(-1, D)
-        cache = caches[i]
+            if queries is not None and rows["refresh"] is None:
+                cos_q, sin_q = cos_r.index_select(0, queries), sin_r.index_select(0, queries)
+            else:
+                cos_q, sin_q = cos_r[:q.shape[0]], sin_r[:q.shape[0]]
+            q = _rotate(q.view(-1, H, hd), cos_q[:, None], sin_q[:, None]).reshape(-1, D)
         p = attn.dropout if attn.training else 0.0
         if index.dense:
             qg = q.view(B, L, H, hd).transpose(1, 2)
-            y = F.scaled_dot_product_attention(qg, cache[0], cache[1], attn_mask=index.qmask, dropout_p=p)
+            y = F.scaled_dot_product_attention(qg, kv[0], kv[1], attn_mask=index.qmask, dropout_p=p)
             y = y.transpose(1, 2).reshape(-1, D)
         else:
             parts = []
             for g in index.groups:
-                kv = cache if g.seqs is None else \
-                    cache.view(2, B, -1).index_select(1, g.seqs).view(2, -1, H, L, hd)
-                G = kv.shape[1]
+                kv_g = kv if g.seqs is None else kv.index_select(1, g.seqs)
+                G = kv_g.shape[1]
                 q_g = q if g.take is None else q.index_select(0, g.take)
                 if self.inplace:
                     # a buffer allocated (zeroed) once per forward: padded rows hold stale
@@ -416,11 +460,18 @@ class CompactStepper:
                 else:
                     grid = q.new_zeros(G * g.a_max, D).index_copy(0, g.slot, q_g)
                 qg = grid.view(G, g.a_max, H, hd).transpose(1, 2)
-                y = F.scaled_dot_product_attention(qg, kv[0], kv[1], attn_mask=g.qmask, dropout_p=p)
+                y = F.scaled_dot_product_attention(qg, kv_g[0], kv_g[1], attn_mask=g.qmask, dropout_p=p)
                 parts.append(y.transpose(1, 2).reshape(-1, D).index_select(0, g.slot))
             y = parts[0] if index.order is None else torch.cat(parts).index_select(0, index.order)
         x_q = x_q + block.drop(attn.o(y))
         return x_q + block.mlp(block.norm2(x_q))
+
+    def _write(self, cache: torch.Tensor, rows: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        """cache [2, B, H, L, hd] with the ``[2·B·H·L, hd]`` rows ``rows`` set to src."""
+        if self.inplace:
+            cache.view(-1, src.shape[-1]).index_copy_(0, rows, src)
+            return cache
+        return cache.reshape(-1, src.shape[-1]).index_copy(0, rows, src).view(cache.shape)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
