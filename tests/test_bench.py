@@ -94,3 +94,35 @@ def test_bench_cli_training_json(capsys, monkeypatch):
     rows = {(r["policy"], r["execution"], bool(r["knobs"])) for r in doc["training"]}
     assert ("fixed", "dense", False) in rows and ("act", "dense", False) in rows
     assert all(r["ratio"] > 0 for r in doc["training"])
+
+
+def test_readout_baseline_reads_out_every_step_without_halting():
+    """The baseline of expected / per-exit objectives runs every step, collects every step's
+    readout, and its loss is the mean of the per-step cross-entropies (checked by hand)."""
+    config = training.TrainConfig(d_model=16, seq=8, batch=4, max_steps=4)
+    model = training.model_for(training.READOUTS, {}, config, "dense")
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, training.VOCAB, (4, 8), generator=g)
+    mask = torch.ones(4, 8, dtype=torch.bool)
+    targets = torch.randint(0, training.VOCAB, (4, 8), generator=g)
+    out = model(tokens, mask)
+    assert out.step_logits is not None and out.step_logits.shape[2] == 4
+    assert torch.equal(out.steps, torch.full_like(out.steps, 4))
+    loss, _ = model.loss(out, targets)
+    by_hand = torch.stack([torch.nn.functional.cross_entropy(out.step_logits[:, :, n].reshape(-1, training.VOCAB),
+                                                             targets.reshape(-1)) for n in range(4)]).mean()
+    torch.testing.assert_close(loss - out.aux_loss, by_hand)
+
+
+def test_training_bench_matches_each_policy_with_its_baseline(monkeypatch):
+    small = training.TrainConfig(d_model=16, seq=8, batch=4, max_steps=4)
+    monkeypatch.setattr(training, "INSTANCES", 2)
+    records = training.bench_training(small, repeats=1, warmup=0, names=["act", "pondernet", "fixed"])
+    by = {(r.policy, r.execution, bool(r.knobs)): r for r in records}
+    fixed, readouts = by[("fixed", "dense", False)], by[(training.READOUTS, "dense", False)]
+    assert fixed.ratio == 1.0 and fixed.instances == training.BASELINE_INSTANCES
+    act, pondernet = by[("act", "dense", False)], by[("pondernet", "dense", False)]
+    assert act.baseline == "fixed" and pondernet.baseline == training.READOUTS
+    assert act.instances == 2 and act.instance_spread >= 0
+    assert pondernet.bookkeeping == pytest.approx(pondernet.seconds / readouts.seconds)
+    assert pondernet.ratio == pytest.approx(pondernet.seconds / fixed.seconds)

@@ -3,9 +3,13 @@
 Two questions:
 - *bookkeeping*: what does a halting policy add to a training step of the same model when it
   runs the same steps? Each registered policy with its default knobs (halting heads start
-  deep, so tokens run ~all N steps at initialisation) against ``fixed`` (all N steps, no
-  halting) — the ratio includes everything the policy adds (heads, cumulative sums, mean-field
-  mixes, per-step readouts for expected/per-exit objectives).
+  deep, so tokens run ~all N steps at initialisation) against the fixed-depth model that
+  reads out the same way: ``fixed`` (all N steps, one readout at the end) for policies whose
+  objective is the final readout, ``fixed+readouts`` (all N steps, a readout after every step
+  and the mean of the per-step losses: deep supervision, no halting) for expected / per-exit
+  objectives, which need every step's readout by definition. ``ratio`` is always to plain
+  ``fixed`` (what the objective costs in all); ``bookkeeping`` to the matched baseline (what
+  the halting adds).
 - *compacted training*: a policy whose training decision is hard (tokens really stop in
   training: ACT, UT-ACT, stick-breaking) run with a halting bias that makes tokens stop
   early, ``dense`` against ``compact`` execution (same gradients, tested in
@@ -23,6 +27,8 @@ import ponder.models as models
 import ponder.policies as policies
 from ponder.benchmarking.timing import interleaved, median, spread
 from ponder.models.config import ModelConfig
+from ponder.policies.fixed import Fixed
+from ponder.policies.halting import masked_mean, scored_mask, step_ce
 
 VOCAB = 16
 # halting biases tried (in order) to make a hard-halting policy stop tokens in training after
@@ -40,6 +46,10 @@ class TrainRecord:
     seconds: float      # median forward + backward
     spread: float
     ratio: float        # to the fixed-depth model of the same size (dense)
+    baseline: str = "fixed"     # the fixed-depth model that reads out the same way
+    bookkeeping: float = 1.0    # ratio to that baseline
+    instances: int = 1          # model instances timed (their rounds pooled)
+    instance_spread: float = 0.0  # slowest / fastest instance median − 1 (the noise floor)
 
     def to_json(self) -> dict:
         return {"bench": "training", **asdict(self)}
@@ -53,12 +63,39 @@ class TrainConfig:
     max_steps: int = 8
 
 
+# Separate model instances of one configuration differ in speed by several % on this kind of
+# machine (where their tensors land in memory): every case is timed on this many instances,
+# the baselines on more, and their rounds are pooled.
+INSTANCES = 2
+BASELINE_INSTANCES = 3
+READOUTS = "fixed+readouts"
+
+
+class FixedWithReadouts(Fixed):
+    """The baseline of expected / per-exit objectives: every token runs all N steps, the
+    model reads out after every step, and the loss is the mean of the per-step losses (deep
+    supervision) — the readout cost of those objectives without any halting. Not registered."""
+
+    name = READOUTS
+    objective = "per_step"
+
+    def loss(self, out, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        if out.step_logits is None:
+            return super().loss(out, targets)
+        return masked_mean(step_ce(out.step_logits, targets).mean(-1), scored_mask(targets)), {}
+
+
+def baseline_for(objective: str) -> str:
+    return "fixed" if objective == "final" else READOUTS
+
+
 def model_for(policy: str, knobs: dict, config: TrainConfig, execution: str, seed: int = 0):
     torch.manual_seed(seed)
     cfg = ModelConfig(kind="recurrent", d_model=config.d_model, n_heads=4, d_ff=4 * config.d_model,
                       prelude=1, core=1, coda=1, max_steps=config.max_steps, positions="learned",
                       execution=execution)
-    return models.build(cfg, policies.get(policy, **knobs), vocab_size=VOCAB).train()
+    policy_obj = FixedWithReadouts() if policy == READOUTS else policies.get(policy, **knobs)
+    return models.build(cfg, policy_obj, vocab_size=VOCAB).train()
 
 
 def train_step(model, tokens: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> Callable[[], float]:
@@ -97,7 +134,8 @@ def bench_training(config: TrainConfig, *, repeats: int, warmup: int, seed: int 
     targets = torch.randint(0, VOCAB, shape, generator=g)
     batch = (tokens, mask, targets)
     names = [n for n in (names or policies.names())]
-    cases: dict[str, tuple[str, str, dict]] = {"fixed:dense": ("fixed", "dense", {})}
+    cases: dict[str, tuple[str, str, dict]] = {"fixed": ("fixed", "dense", {}),
+                                               READOUTS: (READOUTS, "dense", {})}
     for name in names:
         if name == "fixed":
             continue
@@ -108,15 +146,32 @@ def bench_training(config: TrainConfig, *, repeats: int, warmup: int, seed: int 
             cases[f"{name}:early:compact"] = (name, "compact", knobs)
     steps: dict[str, float] = {}
     fns = {}
+    count = {key: BASELINE_INSTANCES if key in ("fixed", READOUTS) else INSTANCES for key in cases}
     for key, (name, execution, knobs) in cases.items():
-        fn = train_step(model_for(name, knobs, config, execution, seed), *batch)
+        for i in range(count[key]):
+            fn = train_step(model_for(name, knobs, config, execution, seed), *batch)
 
-        def record(fn=fn, key=key) -> None:
-            steps[key] = fn()
-        fns[key] = record
+            def record(fn=fn, key=key) -> None:
+                steps[key] = fn()
+            fns[f"{key}#{i}"] = record
     times = interleaved(fns, repeats=repeats, warmup=warmup, seed=seed, on_round=on_round)
-    t_fixed = median(times["fixed:dense"])
-    return [TrainRecord(policy=name, objective=policies.policy_class(name).objective, execution=execution, knobs=knobs, mean_steps=steps[key],
-                        seconds=median(times[key]), spread=spread(times[key]),
-                        ratio=median(times[key]) / t_fixed)
-            for key, (name, execution, knobs) in cases.items()]
+    pooled = {key: [t for i in range(count[key]) for t in times[f"{key}#{i}"]] for key in cases}
+    med = {key: median(pooled[key]) for key in cases}
+    records = []
+    for key, (name, execution, knobs) in cases.items():
+        objective = "final" if name == "fixed" else (
+            "per_step" if name == READOUTS else policies.policy_class(name).objective)
+        base = baseline_for(objective) if name not in ("fixed", READOUTS) else name
+        records.append(TrainRecord(policy=name, objective=objective, execution=execution, knobs=knobs,
+                                   mean_steps=steps[key], seconds=med[key], spread=spread(pooled[key]),
+                                   ratio=med[key] / med["fixed"], baseline=base,
+                                   bookkeeping=med[key] / med[base], instances=count[key],
+                                   instance_spread=_instance_spread([times[f"{key}#{i}"] for i in range(count[key])])))
+    return records
+
+
+
+def _instance_spread(per_instance: list[list[float]]) -> float:
+    """(slowest / fastest) − 1 among the medians of separate instances of one case."""
+    meds = [median(t) for t in per_instance]
+    return max(meds) / min(meds) - 1
