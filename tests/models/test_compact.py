@@ -280,13 +280,13 @@ def test_scripted_gradients_equal_dense(kind, refresh, monkeypatch):
 # -- which execution runs ------------------------------------------------------------------
 def test_auto_is_compact_in_eval_and_dense_in_training(monkeypatch):
     calls = []
-    real = compact.run_compact
+    real = compact.CompactStepper.__init__
 
-    def spy(*args, **kw):
-        calls.append(kw["training"])
-        return real(*args, **kw)
+    def spy(self, **kw):
+        calls.append(torch.is_grad_enabled())
+        real(self, **kw)
 
-    monkeypatch.setattr(compact, "run_compact", spy)
+    monkeypatch.setattr(compact.CompactStepper, "__init__", spy)
     tokens, mask, _ = batch()
     model = models.build(cfg("recurrent", False, execution="auto"), policies.get("act"), vocab_size=V)
     model.train()(tokens, mask)

@@ -326,7 +326,7 @@ def dat_reference(policy, hs, b, t):
     chis = []
     for n in range(1, N):
         z = sum(float(w) * float(x) for w, x in zip(policy.halt_weight[n - 1].detach(), hs[n][b, t]))
-        chis.append(sigmoid(z + float(policy.halt_bias[n - 1])))
+        chis.append(sigmoid(z + float(policy.halt_bias[n - 1].detach())))
     q, survive = [], 1.0
     for chi in chis:
         q.append(chi * survive)

@@ -36,16 +36,12 @@ that reads them adds its contribution).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from ponder.models.layers import AttnContext, Block, Group
-from ponder.policies.base import View
-
-if TYPE_CHECKING:  # engine imports this module lazily; no import cycle at run time
-    from ponder.models.engine import Engine, EngineResult
 
 # Above this fraction of active tokens a step skips the query gather/scatter (measured:
 # ``ponder bench`` / docs/performance.md).
@@ -481,60 +477,3 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     x1, x2 = x[..., :half], x[..., half:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
-def run_compact(engine: "Engine", *, h0: torch.Tensor, mask: torch.Tensor, ctx: AttnContext,
-                readout: Callable[[torch.Tensor], torch.Tensor], training: bool) -> "EngineResult":
-    """:meth:`Engine.run` with compacted steps: same arguments, same result (to round-off).
-
-    The loop is the dense one; only the step differs, and without autograd the bookkeeping
-    skips the full-tensor copies the dense loop needs to keep the graph (the exit state of a
-    token is its frozen state, so it is read from the last state at the end).
-    """
-    from ponder.models.engine import EngineResult
-
-    N = engine.max_steps
-    policy = engine.policy
-    stepper = CompactStepper(core=engine.core, step_embedding=engine.step_embedding, ctx=ctx,
-                             mask=mask, max_steps=N)
-    grad = torch.is_grad_enabled()
-    active = mask.clone()
-    # pads never run and never pass gradient anywhere
-    h = torch.where(mask[..., None], h0, h0.detach()) if grad else h0
-    exit_state = h
-    steps = torch.zeros_like(mask, dtype=torch.long)
-    want_logits = policy.needs_step_logits(training)
-    step_logits: list[torch.Tensor] = []
-    memo = policy.start(View(n=0, max_steps=N, h=h, prev=None, active=active, mask=mask,
-                             training=training, readout=readout))
-    view = None
-    for n in range(1, N + 1):
-        # the last step's view holds the previous state: let go of it so the stepper may
-        # reuse that buffer (it checks that nobody else holds it)
-        view = None
-        new = stepper.step(n, h, active)
-        view = View(n=n, max_steps=N, h=new, prev=h, active=active, mask=mask,
-                    training=training, readout=readout)
-        decision = policy.step(memo, view)
-        if want_logits:
-            step_logits.append(view.logits())
-        halt = active if n == N else decision.halt.bool() & active
-        steps = steps + active.long()
-        still = active & ~halt
-        if grad or decision.state is not None or decision.exit_state is not None:
-            state = decision.state if decision.state is not None else new
-            frozen_at = decision.exit_state if decision.exit_state is not None else state
-            if grad:
-                exit_state = torch.where(halt[..., None], frozen_at, exit_state)
-            frozen = torch.where(halt[..., None], frozen_at, h)
-            h = torch.where(still[..., None], state, frozen.detach() if grad else frozen)
-        else:
-            # no override: still-active rows carry the step output, newly halted rows freeze
-            # at it, and the others did not change — the step output is the next state
-            h = new
-        active = still
-    if not grad:
-        exit_state = h  # every token is frozen at its exit state after step N
-    halting = policy.finish(memo, view)
-    logits = torch.stack(step_logits, 2) if want_logits else None
-    return EngineResult(exit=exit_state, steps=steps, step_logits=logits, halting=halting)

@@ -16,17 +16,13 @@ Semantics of step n (the reference the compacted mode must reproduce exactly):
                                       current x (frozen ones included); MLP: active only
     then the policy sees x as ``view.h`` and decides who halts.
 
-WHERE COMPACTION PLUGS IN: :meth:`Engine.apply_block` is the only place a block runs.
-The dense mode computes the block on every token and keeps the active rows
-(``torch.where``). A ``compact`` mode replaces only this method (and may pre-compute an
-index of the active tokens once per step in :meth:`Engine.run_step`): gather the active
-rows flattened across the batch (``index_select``), take queries from them and keys/values
-from their own sequence's rows of ``x`` (``Attention.queries / keys_values / attend``),
-run the MLP on the gathered rows, scatter back (``index_copy``). Policies never change:
-they only see the full ``[B, L, ...]`` tensors after the step and return ``[B, L]``
-decisions. (As built, ``execution="compact"`` — and ``"auto"`` at inference — hands the
-whole loop to ``ponder.models.compact.run_compact``, which keeps these semantics; the dense
-loop below stays the reference it is tested against.)
+WHERE COMPACTION PLUGS IN: the loop below calls one *stepper* per step,
+``step(n, h, active) → state after step n``. The dense stepper (:meth:`Engine.run_step`)
+computes every block on every token and keeps the active rows (``torch.where``, in
+:meth:`Engine.apply_block`); ``execution="compact"`` (and ``"auto"`` at inference) uses
+:class:`ponder.models.compact.CompactStepper`, which runs the blocks on the active tokens
+only and returns the same state. Policies never change: they only see the full ``[B, L, ...]``
+tensors after the step and return ``[B, L]`` decisions.
 """
 
 from __future__ import annotations
@@ -101,21 +97,29 @@ class Engine:
         return x
 
     # -- the loop ---------------------------------------------------------------------------
+    def compacts(self, training: bool) -> bool:
+        return self.execution == "compact" or (self.execution == "auto" and not training)
+
     def run(self, *, h0: torch.Tensor, mask: torch.Tensor, ctx: AttnContext,
             readout: Callable[[torch.Tensor], torch.Tensor], training: bool) -> EngineResult:
         """h0 [B, L, D] prelude output, mask [B, L] bool → :class:`EngineResult`."""
-        if self.execution == "compact" or (self.execution == "auto" and not training):
-            from ponder.models.compact import run_compact
-            return run_compact(self, h0=h0, mask=mask, ctx=ctx, readout=readout, training=training)
         N = self.max_steps
         policy = self.policy
         if not ctx.causal and bool(mask.all()):
             # no pads, no causality: the context's mask is all True, and the unmasked attention
             # kernel is the faster one (same result)
             ctx = dataclasses.replace(ctx, attn_mask=None)
+        if self.compacts(training):
+            from ponder.models.compact import CompactStepper
+            step = CompactStepper(core=self.core, step_embedding=self.step_embedding, ctx=ctx,
+                                  mask=mask, max_steps=N).step
+        else:
+            def step(n: int, h: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+                return self.run_step(n, h, active, ctx)
+        grad = torch.is_grad_enabled()
         active = mask.clone()
         # pads never run and never pass gradient anywhere
-        h = torch.where(mask[..., None], h0, h0.detach())
+        h = torch.where(mask[..., None], h0, h0.detach()) if grad else h0
         exit_state = h
         steps = torch.zeros_like(mask, dtype=torch.long)
         want_logits = policy.needs_step_logits(training)
@@ -124,22 +128,34 @@ class Engine:
                                  training=training, readout=readout))
         view = None
         for n in range(1, N + 1):
-            new = self.run_step(n, h, active, ctx)
+            # the last step's view holds the previous state: let go of it, so that a stepper
+            # may reuse that buffer (the compact one checks that nobody else holds it)
+            view = None
+            new = step(n, h, active)
             view = View(n=n, max_steps=N, h=new, prev=h, active=active, mask=mask,
                         training=training, readout=readout)
             decision = policy.step(memo, view)
             if want_logits:
                 step_logits.append(view.logits())
             halt = active if n == N else decision.halt.bool() & active
-            state = decision.state if decision.state is not None else new
-            frozen_at = decision.exit_state if decision.exit_state is not None else state
             steps = steps + active.long()
-            exit_state = torch.where(halt[..., None], frozen_at, exit_state)
             still = active & ~halt
-            # frozen rows: their exit state (newly halted) or unchanged, without gradient
-            frozen = torch.where(halt[..., None], frozen_at, h).detach()
-            h = torch.where(still[..., None], state, frozen)
+            if grad or decision.state is not None or decision.exit_state is not None:
+                state = decision.state if decision.state is not None else new
+                frozen_at = decision.exit_state if decision.exit_state is not None else state
+                if grad:
+                    exit_state = torch.where(halt[..., None], frozen_at, exit_state)
+                # frozen rows: their exit state (newly halted) or unchanged, without gradient
+                frozen = torch.where(halt[..., None], frozen_at, h)
+                h = torch.where(still[..., None], state, frozen.detach() if grad else frozen)
+            else:
+                # no override and no graph to keep: still-active rows carry the step output,
+                # newly halted rows freeze at it, the others did not change — the step output
+                # is the next state
+                h = new
             active = still
+        if not grad:
+            exit_state = h  # every token is frozen at its exit state after step N
         halting = policy.finish(memo, view)
         logits = torch.stack(step_logits, 2) if want_logits else None
         return EngineResult(exit=exit_state, steps=steps, step_logits=logits, halting=halting)
