@@ -79,7 +79,7 @@ def sigmoid(z: float) -> float:
 
 
 def vec(x) -> list[float]:
-    return [float(v) for v in x]
+    return [float(v) for v in x.detach()] if isinstance(x, torch.Tensor) else [float(v) for v in x]
 
 
 def norm(x) -> float:
@@ -444,7 +444,7 @@ def test_dat_oracle_loss_survives_underflow():
                       step_logits=step_logits, mask=mask)
     assert (halting.halt_dist[..., 1] == 0).all()   # underflowed in q itself
     loss, stats = policy.loss(out, torch.full((B, L), 2))
-    assert math.isfinite(float(loss)) and stats["oracle_ce"] == pytest.approx(200.0, rel=1e-3)
+    assert math.isfinite(float(loss.detach())) and stats["oracle_ce"] == pytest.approx(200.0, rel=1e-3)
     loss.backward()
     assert torch.isfinite(policy.halt_bias.grad).all() and policy.halt_bias.grad[0] > 0
 
@@ -526,7 +526,7 @@ def test_eval_freezes_at_the_rule_and_loss_falls_back_to_the_exit_readout():
     assert (out.steps[batch.mask] < 6).any()
     loss, _ = model.loss(out, batch.targets)
     ce = torch.nn.functional.cross_entropy(out.logits[batch.targets != -100], batch.targets[batch.targets != -100])
-    assert float(loss) == pytest.approx(float(ce), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(ce.detach()), rel=1e-6)
 
 
 def test_knobs_are_validated():
