@@ -233,6 +233,38 @@ def test_scripted_depths_equal_dense(kind, causal, core, positions, fallback, sa
     torch.testing.assert_close(b.logits, a.logits, atol=TOL, rtol=TOL)
 
 
+@pytest.mark.parametrize("small", [0, 1000], ids=["flash", "matmul"])
+@pytest.mark.parametrize("kind,causal", [("recurrent", False), ("recurrent", True), ("stacked", True)])
+def test_both_attention_kernels_equal_dense(kind, causal, small, monkeypatch):
+    """The padded query blocks give the same result through the flash kernel and through the
+    matrix-multiply attention used for few queries per sequence (pads and causal masks)."""
+    monkeypatch.setattr(compact, "SMALL_QUERIES", (small, small))
+    monkeypatch.setattr(compact, "DENSE_FALLBACK", 2.0)
+    tokens, mask, _ = batch(B=5, L=11, seed=2)
+    steps = torch.randint(1, N + 1, (5, 11), generator=torch.Generator().manual_seed(8))
+    dense, comp = scripted_models(kind, causal, "rotary", 1, steps)
+    dense.eval(), comp.eval()
+    kernel_calls, kinds = [], []
+    real_kernel, real_attend = compact.F.scaled_dot_product_attention, compact.CompactStepper._attend
+
+    def kernel(*args, **kw):
+        kernel_calls.append(1)
+        return real_kernel(*args, **kw)
+
+    def attend(self, *args):
+        before = len(kernel_calls)
+        out = real_attend(self, *args)
+        kinds.append("flash" if len(kernel_calls) > before else "matmul")
+        return out
+
+    monkeypatch.setattr(compact.F, "scaled_dot_product_attention", kernel)
+    monkeypatch.setattr(compact.CompactStepper, "_attend", attend)
+    with torch.inference_mode():
+        a, b = dense(tokens, mask), comp(tokens, mask)
+    torch.testing.assert_close(b.logits, a.logits, atol=TOL, rtol=TOL)
+    assert kinds and set(kinds) == {"flash" if small == 0 else "matmul"}
+
+
 def test_split_groups_really_split(monkeypatch):
     monkeypatch.setattr(compact, "GROUP_MIN_QUERIES", 1)
     active = torch.zeros(6, 10, dtype=torch.bool)

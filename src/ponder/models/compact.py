@@ -54,6 +54,9 @@ GROUP_SAVING = 0.25
 KEEP_ALL = 0.5
 # ... and only when the padded calls are long enough for padding to cost more than a call
 GROUP_MIN_QUERIES = 16
+# Attention of padded query blocks up to this many queries per sequence runs as two matrix
+# multiplies instead of the flash kernel (one thread, two or more threads; inference only).
+SMALL_QUERIES = (2, 16)
 # Compute keys/values of every row in natural order (no gather, no cache write of the active
 # rows) when at least this fraction of the rows needs them anyway. Measured at d_model 128:
 # norm + keys/values ≈ 0.9 µs per row, the scattered cache write + gather ≈ 0.3 µs per row,
@@ -214,6 +217,7 @@ class CompactStepper:
         self.scratch: list[torch.Tensor] = []   # caches reused across layers (no autograd, unshared)
         self.grid: Optional[torch.Tensor] = None  # padded query buffer (no autograd)
         self.needs_mask = _needs_mask(ctx)
+        self.small_queries = SMALL_QUERIES[0] if torch.get_num_threads() < 2 else SMALL_QUERIES[1]
         # state buffers reused across steps without autograd (see _state_buffer)
         self._last_out: Optional[torch.Tensor] = None
         self._spare: Optional[torch.Tensor] = None
@@ -457,11 +461,27 @@ class CompactStepper:
                 else:
                     grid = q.new_zeros(G * g.a_max, D).index_copy(0, g.slot, q_g)
                 qg = grid.view(G, g.a_max, H, hd).transpose(1, 2)
-                y = F.scaled_dot_product_attention(qg, kv_g[0], kv_g[1], attn_mask=g.qmask, dropout_p=p)
+                y = self._attend(qg, kv_g[0], kv_g[1], g.qmask, p)
                 parts.append(y.transpose(1, 2).reshape(-1, D).index_select(0, g.slot))
             y = parts[0] if index.order is None else torch.cat(parts).index_select(0, index.order)
         x_q = x_q + block.drop(attn.o(y))
         return x_q + block.mlp(block.norm2(x_q))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: Optional[torch.Tensor], p: float) -> torch.Tensor:
+        """q [G, H, a, hd], k/v [G, H, L, hd], mask broadcastable to [G, 1, a, L] → [G, H, a, hd].
+
+        With a few queries per sequence the CPU flash kernel's fixed cost per (sequence, head)
+        dominates and it barely uses a second thread; two matrix multiplies and a softmax are
+        then faster (measured: docs/performance.md). Only without autograd: a padded query
+        row whose keys are all masked gives NaN here, harmless when nobody reads that row, but
+        a backward pass would carry it into the gradients."""
+        if not self.inplace or p > 0.0 or q.shape[2] > self.small_queries:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.matmul(scores.softmax(-1), v)
 
     def _write(self, cache: torch.Tensor, rows: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
         """cache [2, B, H, L, hd] with the ``[2·B·H·L, hd]`` rows ``rows`` set to src."""
