@@ -126,3 +126,11 @@ def test_training_bench_matches_each_policy_with_its_baseline(monkeypatch):
     assert act.instances == 2 and act.instance_spread >= 0
     assert pondernet.bookkeeping == pytest.approx(pondernet.seconds / readouts.seconds)
     assert pondernet.ratio == pytest.approx(pondernet.seconds / fixed.seconds)
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    # a slow drift hits both candidates of a round alike: per-round ratios cancel it
+    full = [1.0, 2.0, 1.0, 3.0, 1.0]
+    half = [0.5, 1.0, 0.5, 1.5, 0.5]
+    assert inference.paired_ratio(half, full) == 0.5
+    assert inference.paired_ratio([1.0, 3.0, 2.0], [1.0, 1.0, 1.0]) == 2.0

@@ -88,3 +88,41 @@ def test_correct_tokens_only_and_levels():
 def test_constant_steps_leave_rho_undefined():
     result = alignment.analyse_split(frame_of([4] * 10, list(range(10))))
     assert result["rho"] is None and result["ci95"] is None
+
+
+def test_example_bootstrap_resamples_whole_examples():
+    """Every example repeats one (steps, complexity) pair k times: resampling examples must
+    give the interval of the E distinct pairs (ρ is unchanged by replicating every row), while
+    resampling tokens would pretend E·k independent tokens and be ~√k narrower."""
+    rng = np.random.default_rng(5)
+    E, k = 120, 10
+    steps = rng.integers(1, 6, size=E)
+    complexity = np.clip(steps + rng.integers(-3, 4, size=E), 0, None)
+    frame = pd.DataFrame({"steps": np.repeat(steps, k), "complexity": np.repeat(complexity, k),
+                          "example": np.repeat(np.arange(E), k), "correct": True})
+    clustered = alignment.correlation(frame)
+    assert clustered["resampled"] == "examples"
+    distinct = alignment.bootstrap_ci(alignment.contingency(steps, complexity)[2])
+    assert clustered["ci95"] == pytest.approx(distinct, abs=0.03)
+    tokens = alignment.bootstrap_ci(alignment.contingency(frame["steps"].to_numpy(),
+                                                          frame["complexity"].to_numpy())[2])
+    width = lambda ci: ci[1] - ci[0]
+    assert width(clustered["ci95"]) > 2.5 * width(tokens)
+
+
+def test_example_bootstrap_agrees_with_a_slow_loop_over_examples():
+    rng = np.random.default_rng(6)
+    E = 80
+    sizes = rng.integers(2, 9, size=E)
+    example = np.repeat(np.arange(E), sizes)
+    base = rng.integers(1, 6, size=E)   # a per-example level: tokens of one example are alike
+    steps = np.repeat(base, sizes) + rng.integers(0, 2, size=len(example))
+    complexity = np.clip(steps + rng.integers(-2, 3, size=len(example)), 0, None)
+    fast = alignment.cluster_bootstrap_ci(alignment.example_tables(steps, complexity, example), seed=0)
+    loop = np.random.default_rng(1)
+    rows_of = [np.nonzero(example == e)[0] for e in range(E)]
+    rhos = []
+    for _ in range(600):
+        idx = np.concatenate([rows_of[e] for e in loop.integers(0, E, size=E)])
+        rhos.append(stats.spearmanr(steps[idx], complexity[idx]).statistic)
+    assert fast == pytest.approx(tuple(np.quantile(rhos, [0.025, 0.975])), abs=0.03)

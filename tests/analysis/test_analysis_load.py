@@ -74,3 +74,14 @@ def test_malformed_config_and_summary(make_run):
     (run_dir / "config.yaml").write_text("model: [unclosed")
     with pytest.raises(ConfigError, match="malformed"):
         load(run_dir)
+
+
+def test_labels_name_the_mechanism(make_run):
+    """A run is labelled by what decides its compute: the policy, or AdaTape (whose model
+    runs its steps under the fixed policy)."""
+    run = load(make_run("deep", policy="noisy"))
+    assert run.label == "deep (noisy)"
+    run.info["model_kind"] = "adatape"
+    run.info["policy"] = "fixed"
+    assert run.mechanism == "adatape" and run.label == "deep (adatape)"
+    assert load(make_run("noisy", policy="noisy")).label == "noisy"

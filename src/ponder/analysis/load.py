@@ -63,10 +63,18 @@ class RunData:
         return [c for c in self.records.columns if c.startswith(FEATURE_PREFIX)]
 
     @property
+    def mechanism(self) -> str | None:
+        """What decides the compute: the policy, or the model itself when its kind adapts the
+        input instead of the depth (AdaTape runs its steps under ``fixed``)."""
+        if self.info.get("model_kind") == "adatape":
+            return "adatape"
+        return self.info.get("policy")
+
+    @property
     def label(self) -> str:
-        """A short human label: ``<run dir name> (<policy>)`` (the policy only when it differs)."""
-        policy = self.info.get("policy")
-        return f"{self.name} ({policy})" if policy and policy != self.name else self.name
+        """A short human label: ``<run dir name> (<mechanism>)`` (only when it differs)."""
+        mechanism = self.mechanism
+        return f"{self.name} ({mechanism})" if mechanism and mechanism != self.name else self.name
 
 
 def sort_splits(names) -> list[str]:

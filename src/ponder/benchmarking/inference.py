@@ -11,8 +11,9 @@ interleaved in one run:
   ones masked with ``torch.where``: what public implementations do);
 - ``compact``: the compacted engine (``ponder.models.compact``).
 
-ratio = median time / median time of ``full``; ideal = mean depth / T_max (time exactly
-proportional to the token-steps computed); efficiency = ideal / ratio.
+ratio = median over the rounds of time / the same round's time of ``full``; ideal = mean
+depth / T_max (time exactly proportional to the token-steps computed); efficiency = ideal /
+ratio.
 """
 
 from __future__ import annotations
@@ -160,21 +161,30 @@ def bench_config(config: Config, *, repeats: int, warmup: int, seed: int = 0,
     cpu: dict[str, list[float]] = {}
     times = interleaved({f"{k[0]}:{k[1]}": f for k, f in fns.items()}, repeats=repeats,
                         warmup=warmup, seed=seed, on_round=on_round, cpu=cpu)
-    t_full = median(times["full:full"])
-    c_full = median(cpu["full:full"])
     records = []
     for (impl, profile) in fns:
-        t = times[f"{impl}:{profile}"]
+        t, c = times[f"{impl}:{profile}"], cpu[f"{impl}:{profile}"]
         depth = float(config.max_steps) if profile == "full" else float(profiles[profile].float().mean())
         ideal = depth / config.max_steps
-        ratio = median(t) / t_full
-        c = median(cpu[f"{impl}:{profile}"])
+        ratio = paired_ratio(t, times["full:full"])
+        cpu_ratio = paired_ratio(c, cpu["full:full"])
         records.append(Record(impl=impl, kind=config.kind, d_model=config.d_model, seq=config.seq, batch=config.batch,
                               max_steps=config.max_steps, profile=profile, mean_depth=depth,
                               seconds=median(t), spread=spread(t), ratio=ratio, ideal=ideal,
-                              efficiency=ideal / ratio, cpu_seconds=c, cpu_ratio=c / c_full,
-                              cpu_efficiency=ideal / (c / c_full)))
+                              efficiency=ideal / ratio, cpu_seconds=median(c), cpu_ratio=cpu_ratio,
+                              cpu_efficiency=ideal / cpu_ratio))
     return records
+
+
+def paired_ratio(times: list[float], full: list[float]) -> float:
+    """Median over the rounds of time / the same round's full-depth time.
+
+    Every round runs each candidate once, so a round's ratio cancels the machine's drifts
+    slower than a round (other processes, memory reclaim). Measured on this kind of machine
+    (three identical candidates, 15 rounds, twice): the ratio of the medians put them 0.79–0.93
+    apart in efficiency, the median of the per-round ratios 0.81–0.87 — and the bench reports
+    the *minimum* over 12 configurations, which noise drags down."""
+    return median([t / f for t, f in zip(times, full)])
 
 
 def run_depth_vectors(run_dir: str, *, n: int = 256, batch_size: int = 64) -> tuple[list[torch.Tensor], int]:
