@@ -23,12 +23,12 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from ponder.errors import ConfigError
+from ponder.train.checkpoint import atomic_write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     doc["machine"]["load_avg_end"] = machine(args.threads)["load_avg"]
     text = json.dumps(doc, indent=1)
     if args.out:
-        write_atomic(Path(args.out), text + "\n")
+        atomic_write_text(Path(args.out), text + "\n")
         print(f"wrote {args.out}", file=out)
     if args.json:
         print(text)
@@ -203,16 +203,3 @@ def print_training(records: list, out) -> None:
     if floor:
         spreads = ", ".join(f"{r.policy} {r.instance_spread * 100:.1f}% ({r.instances} instances)" for r in floor)
         print(f"  noise floor: identical models differ by {spreads}", file=out)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -17,6 +17,7 @@ import numpy as np
 from ponder.analysis import alignment, compute, figures, generalisation, timing
 from ponder.analysis.load import RunData, load
 from ponder.eval.records import RECORDS_VERSION
+from ponder.train.checkpoint import atomic_write_bytes
 
 ANALYSIS_VERSION = 2  # bump when analysis.json changes: cached files are then recomputed
 SECTIONS = ("alignment", "generalisation", "decision_timing", "compute")
@@ -73,5 +74,5 @@ def analyze_run(run_dir: str | Path, *, seed: int = 0, write: bool = True,
         result["figures"] = {name: str(p.relative_to(run.run_dir)) for name, p in paths.items()}
     if write:
         data = json.dumps(result, indent=1, allow_nan=False).encode()
-        figures.atomic_write_bytes(run.run_dir / "analysis.json", data)
+        atomic_write_bytes(run.run_dir / "analysis.json", data)
     return result

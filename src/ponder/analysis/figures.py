@@ -7,14 +7,14 @@ disagree. ``write_figures`` saves them atomically; ``render_*`` return a Figure.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from ponder.train.checkpoint import atomic_write_bytes
 
 DPI = 100
 SPLIT_STYLE = {"train": "-", "valid": "-", "test": "-", "ood": "--"}
@@ -201,21 +201,6 @@ def png_bytes(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.08)
     return buffer.getvalue()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_figures(analysis: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """Render every figure into ``out_dir/<name>.png``; returns name → path."""
     out_dir = Path(out_dir)

@@ -159,16 +159,14 @@ def bench_training(config: TrainConfig, *, repeats: int, warmup: int, seed: int 
     med = {key: median(pooled[key]) for key in cases}
     records = []
     for key, (name, execution, knobs) in cases.items():
-        objective = "final" if name == "fixed" else (
-            "per_step" if name == READOUTS else policies.policy_class(name).objective)
-        base = baseline_for(objective) if name not in ("fixed", READOUTS) else name
+        objective = FixedWithReadouts.objective if name == READOUTS else policies.policy_class(name).objective
+        base = baseline_for(objective)  # the baselines are their own
         records.append(TrainRecord(policy=name, objective=objective, execution=execution, knobs=knobs,
                                    mean_steps=steps[key], seconds=med[key], spread=spread(pooled[key]),
                                    ratio=med[key] / med["fixed"], baseline=base,
                                    bookkeeping=med[key] / med[base], instances=count[key],
                                    instance_spread=_instance_spread([times[f"{key}#{i}"] for i in range(count[key])])))
     return records
-
 
 
 def _instance_spread(per_instance: list[list[float]]) -> float:
