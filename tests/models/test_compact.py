@@ -276,6 +276,50 @@ def test_split_groups_really_split(monkeypatch):
     assert index.order is not None
 
 
+def _reference_groups(active: torch.Tensor) -> list[tuple[list[int], int]]:
+    """Slow, plain-Python choice of the padded attention calls (sequence ids, padded length)."""
+    B = active.shape[0]
+    counts = [int(c) for c in active.sum(1)]
+    live = [b for b in range(B) if counts[b] > 0]
+    by_count = sorted(live, key=lambda b: -counts[b])  # stable: ties keep batch order
+    a_top = counts[by_count[0]]
+    best_k, best_cost = len(live), len(live) * a_top
+    for k in range(1, len(live)):
+        cost = k * a_top + (len(live) - k) * counts[by_count[k]]
+        if cost < best_cost:
+            best_k, best_cost = k, cost
+    if a_top >= compact.GROUP_MIN_QUERIES and best_cost < (1 - compact.GROUP_SAVING) * len(live) * a_top:
+        return [(sorted(by_count[:best_k]), a_top), (sorted(by_count[best_k:]), counts[by_count[best_k]])]
+    return [(list(range(B)) if len(live) >= compact.KEEP_ALL * B else live, a_top)]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_query_groups_match_a_plain_reference(seed, monkeypatch):
+    """The vectorised choice of padded calls (split point, sequences, padded lengths, query
+    slots) equals a slow loop over the sequences, and every active token gets its own slot."""
+    monkeypatch.setattr(compact, "GROUP_MIN_QUERIES", 1 + seed % 3)
+    g = torch.Generator().manual_seed(seed)
+    B, L = 2 + seed % 9, 3 + seed % 7
+    p = torch.rand(B, 1, generator=g) ** (1 + seed % 4)  # uneven counts per sequence
+    active = torch.rand(B, L, generator=g) < p
+    active[seed % B, seed % L] = True
+    mask = torch.ones(B, L, dtype=torch.bool)
+    index = compact.build_index(active, AttnContext.build(mask, causal=False), dense=False)
+    got = [(list(range(B)) if grp.seqs is None else grp.seqs.tolist(), grp.a_max) for grp in index.groups]
+    assert got == _reference_groups(active)
+    rows = active.reshape(-1).nonzero().view(-1)
+    assert torch.equal(index.rows, rows)
+    for grp in index.groups:  # slot = (position of the sequence in the call) · a_max + rank
+        taken = rows if grp.take is None else rows.index_select(0, grp.take)
+        seqs = list(range(B)) if grp.seqs is None else grp.seqs.tolist()
+        rank = (active.cumsum(1) - 1).reshape(-1)
+        want = [seqs.index(int(r) // L) * grp.a_max + int(rank[r]) for r in taken]
+        assert grp.slot.tolist() == want
+    if len(index.groups) == 2:
+        order = torch.cat([grp.take for grp in index.groups])[index.order]
+        assert torch.equal(order, torch.arange(rows.numel()))
+
+
 def test_inference_mode_and_eval_with_autograd_agree():
     """The in-place path (no autograd) and the out-of-place path give the same outputs."""
     tokens, mask, _ = batch()

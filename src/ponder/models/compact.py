@@ -137,33 +137,34 @@ def build_index(active: torch.Tensor, ctx: AttnContext, *, dense: bool,
     seq = torch.div(rows, L, rounding_mode="floor")
     # rank of each active token among its sequence's active tokens
     rank = (active.cumsum(1) - 1).view(-1).index_select(0, rows)
-    counts_l = counts.tolist()
-    live = [b for b in range(B) if counts_l[b] > 0]
-    by_count = sorted(live, key=lambda b: -counts_l[b])
-    a_top = counts_l[by_count[0]]
-    # best split of the count-sorted sequences into two padded calls
-    best_k, best_cost = len(by_count), len(by_count) * a_top
-    for k in range(1, len(by_count)):
-        cost = k * a_top + (len(by_count) - k) * counts_l[by_count[k]]
-        if cost < best_cost:
-            best_k, best_cost = k, cost
-    if a_top >= GROUP_MIN_QUERIES and best_cost < (1 - GROUP_SAVING) * len(by_count) * a_top:
-        parts = [sorted(by_count[:best_k]), sorted(by_count[best_k:])]
-    else:
-        parts = [live]
+    # sequences by active count, largest first (stable: ties keep batch order); the halted
+    # ones sort last
+    by_count, ranked = torch.sort(counts, descending=True, stable=True)
+    n_live = int(alive.sum())
+    a_top = int(by_count[0])
+    parts = None
+    if a_top >= GROUP_MIN_QUERIES and n_live > 1:
+        # best split of the count-sorted live sequences into two padded calls: the first k
+        # padded to a_top, the rest to the (k+1)-th largest count
+        k = torch.arange(1, n_live, device=active.device)
+        cost = k * a_top + (n_live - k) * by_count[1:n_live]
+        best = int(cost.argmin())  # the first minimum
+        if int(cost[best]) < (1 - GROUP_SAVING) * n_live * a_top:
+            parts = [(ranked[:best + 1].sort().values, a_top),
+                     (ranked[best + 1:n_live].sort().values, int(by_count[best + 1]))]
+    if parts is None:
+        parts = [(None if n_live >= KEEP_ALL * B else alive.nonzero().view(-1), a_top)]
     groups = []
     takes = []
-    for part in parts:
-        a_max = max(counts_l[b] for b in part)
-        if len(parts) == 1 and len(part) >= KEEP_ALL * B:
+    for seqs, a_max in parts:
+        if seqs is None:
             # attend over the whole cache: cheaper than copying the live sequences' keys and
             # values when most are live (halted sequences get padded queries, never read)
-            part = list(range(B))
-            seqs, take, slot_seq = None, None, seq
+            n_seqs, take, slot_seq = B, None, seq
         else:
-            seqs = torch.tensor(part, device=active.device)
+            n_seqs = seqs.numel()
             new_id = torch.full((B,), -1, dtype=torch.long, device=active.device)
-            new_id[seqs] = torch.arange(len(part), device=active.device)
+            new_id[seqs] = torch.arange(n_seqs, device=active.device)
             if len(parts) == 1:
                 take, slot_seq = None, new_id.index_select(0, seq)
             else:
@@ -175,9 +176,9 @@ def build_index(active: torch.Tensor, ctx: AttnContext, *, dense: bool,
             # each query keeps its own row of the dense mask; padded query rows see every key
             # (never all-masked, so no NaN reaches the backward pass)
             g_rows = rows if take is None else rows.index_select(0, take)
-            grid = torch.ones(len(part) * a_max, L, dtype=torch.bool, device=active.device)
+            grid = torch.ones(n_seqs * a_max, L, dtype=torch.bool, device=active.device)
             grid.index_copy_(0, slot, ctx.attn_mask.reshape(B * L, L).index_select(0, g_rows))
-            qmask = grid.view(len(part), 1, a_max, L)
+            qmask = grid.view(n_seqs, 1, a_max, L)
         elif needs_mask:
             km = ctx.key_mask if seqs is None else ctx.key_mask.index_select(0, seqs)
             qmask = km[:, None, None, :]
@@ -194,7 +195,7 @@ class CompactStepper:
     core(n) → Group of step n; step_embedding(n) → [D] or None. ``shared``: the same Group
     object is used at several steps, so its keys/values are worth caching across steps.
 
-    Per block a key/value cache ``[B·L, 2D]``; per group of blocks ``stale [B·L] bool``, the
+    Per block a key/value cache ``[2, B, H, L, hd]``; per group of blocks ``stale [B·L] bool``, the
     rows whose block input changed since their keys/values were computed (all blocks of a
     group see the same rows change).
     """
