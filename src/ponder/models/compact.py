@@ -23,7 +23,7 @@ active tokens. Per step n and block b of the step's group:
   never change.
 
 When nearly every token is active (fraction ≥ ``DENSE_FALLBACK``) the step runs on every row
-without gather, padding or scatter (frozen rows kept with ``torch.where``), still filling the
+without gather, padding or scatter (frozen rows copied back), still filling the
 caches. Measurements and the reasons for the thresholds: ``docs/performance.md``.
 
 Without autograd (``torch.no_grad`` / ``inference_mode``) the caches, the padded query grid
@@ -233,7 +233,7 @@ class CompactStepper:
         Three ways to run a step, chosen by how many rows need new keys/values:
 
         - ``dense`` (≥ DENSE_FALLBACK of the real tokens active): every row runs the block in
-          natural order; frozen rows keep their state (``torch.where``);
+          natural order; frozen rows keep their state (copied back);
         - ``full`` (the rows needing keys/values — active ones, and the frozen ones whose state
           changed since the cache saw them — are ≥ FULL_REFRESH of all rows): norm and
           keys/values of every row in natural order, queries, attention output and MLP on
@@ -273,7 +273,8 @@ class CompactStepper:
             if e is None:
                 x_r = h_flat
             else:
-                x_r = h_flat + e if every else torch.where(act_flat[:, None], h_flat + e, h_flat)
+                # h + e on active rows, h exactly on frozen ones (h + 0·e), in one pass
+                x_r = h_flat + e if every else torch.addcmul(h_flat, act_flat[:, None].to(h.dtype), e)
         else:
             # refreshed rows: the active ones first (they are the queries: x_q = x_r[:T]), then
             # the stale rows of sequences that still have an active token
@@ -292,11 +293,15 @@ class CompactStepper:
                 "cache": None if refresh is None else self._cache_rows(refresh).view(-1),
                 "pos": rope_pos}
         blocks = list(group.blocks)
+        frozen = None
         for i, block in enumerate(blocks):
             out = self._block(block, x_r, n_active, rows, index, caches, i)
             if dense:
                 if not every:
-                    out = torch.where(act_flat[:, None], out, x_r)  # frozen rows keep their state
+                    # frozen rows keep their state (few here, at most 5% of the real tokens plus
+                    # the pads: copying them back is several times cheaper than torch.where)
+                    frozen = (~act_flat).nonzero().view(-1) if frozen is None else frozen
+                    out = self._set_rows(out, frozen, x_r.index_select(0, frozen))
                 x_r = out
             elif i + 1 < len(blocks):
                 if full:
@@ -317,17 +322,21 @@ class CompactStepper:
             self._remember(h, out_state, None)
             return out_state
         if self.inplace:
-            out_flat = self._state_buffer(h, act_flat)
+            # a full step's last block input, when it is a fresh buffer (a step embedding was
+            # added, or an earlier block ran), equals h on the frozen rows: it becomes the
+            # state, no copy of h needed
+            out_flat = x_r if full and x_r is not h_flat else self._state_buffer(h, act_flat)
             out_flat.index_copy_(0, index.rows, x_q)
             out_state = out_flat.view(B, L, D)
             self._remember(h, out_state, index.rows)
             return out_state
         return h_flat.index_copy(0, index.rows, x_q).view(B, L, D)
 
-    def _set_rows(self, t: torch.Tensor, rows: torch.Tensor, value: bool) -> torch.Tensor:
-        if self.inplace:
-            return t.index_fill_(0, rows, value)
-        return t.index_fill(0, rows, value)
+    def _set_rows(self, t: torch.Tensor, rows: torch.Tensor, value) -> torch.Tensor:
+        """t with rows ``rows`` (dim 0) set to ``value``: a scalar, or a tensor of those rows."""
+        if isinstance(value, torch.Tensor):
+            return t.index_copy_(0, rows, value) if self.inplace else t.index_copy(0, rows, value)
+        return t.index_fill_(0, rows, value) if self.inplace else t.index_fill(0, rows, value)
 
     # -- the state buffers (no autograd) ------------------------------------------------
     def _state_buffer(self, h: torch.Tensor, act_flat: torch.Tensor) -> torch.Tensor:
