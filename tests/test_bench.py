@@ -66,6 +66,24 @@ def test_bench_config_records_are_consistent():
         assert r.ratio > 0 and r.seconds > 0
         assert r.efficiency == pytest.approx(r.ideal / r.ratio)
         assert r.ideal == pytest.approx(r.mean_depth / 6)
+        assert r.efficiency_q1 == r.efficiency_q3 == pytest.approx(r.efficiency)  # one round
+
+
+def test_efficiency_quartiles_come_from_the_rounds():
+    config = inference.Config(d_model=16, seq=8, batch=4, max_steps=6)
+    records = inference.bench_config(config, repeats=5, warmup=0, fractions=(0.5,))
+    for r in records:
+        assert r.efficiency_q1 <= r.efficiency <= r.efficiency_q3
+    full = next(r for r in records if r.impl == "full")
+    assert full.efficiency_q1 == full.efficiency_q3 == 1.0
+
+
+def test_quartiles_and_round_ratios():
+    assert inference.quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 4.0)
+    assert inference.quartiles([0.7]) == (0.7, 0.7)
+    assert inference.round_ratios([1.0, 3.0], [2.0, 3.0]) == [0.5, 1.0]
+    with pytest.raises(ValueError):
+        inference.round_ratios([1.0], [1.0, 2.0])
 
 
 def test_training_bench_finds_early_halting_knobs_for_hard_policies():

@@ -18,6 +18,7 @@ ratio.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Optional
 
@@ -58,6 +59,8 @@ class Record:
     ratio: float
     ideal: float
     efficiency: float
+    efficiency_q1: float  # quartiles of the per-round efficiencies (ideal / that round's
+    efficiency_q3: float  # ratio): how far the machine's drift moves this figure
     cpu_seconds: float    # median process CPU time of the same rounds
     cpu_ratio: float
     cpu_efficiency: float
@@ -167,11 +170,13 @@ def bench_config(config: Config, *, repeats: int, warmup: int, seed: int = 0,
         depth = float(config.max_steps) if profile == "full" else float(profiles[profile].float().mean())
         ideal = depth / config.max_steps
         ratio = paired_ratio(t, times["full:full"])
+        q1, q3 = quartiles([ideal / r for r in round_ratios(t, times["full:full"])])
         cpu_ratio = paired_ratio(c, cpu["full:full"])
         records.append(Record(impl=impl, kind=config.kind, d_model=config.d_model, seq=config.seq, batch=config.batch,
                               max_steps=config.max_steps, profile=profile, mean_depth=depth,
                               seconds=median(t), spread=spread(t), ratio=ratio, ideal=ideal,
-                              efficiency=ideal / ratio, cpu_seconds=median(c), cpu_ratio=cpu_ratio,
+                              efficiency=ideal / ratio, efficiency_q1=q1, efficiency_q3=q3,
+                              cpu_seconds=median(c), cpu_ratio=cpu_ratio,
                               cpu_efficiency=ideal / cpu_ratio))
     return records
 
@@ -184,7 +189,22 @@ def paired_ratio(times: list[float], full: list[float]) -> float:
     (three identical candidates, 15 rounds, twice): the ratio of the medians put them 0.79–0.93
     apart in efficiency, the median of the per-round ratios 0.81–0.87 — and the bench reports
     the *minimum* over 12 configurations, which noise drags down."""
-    return median([t / f for t, f in zip(times, full)])
+    return median(round_ratios(times, full))
+
+
+def round_ratios(times: list[float], full: list[float]) -> list[float]:
+    """Each round's time / the same round's full-depth time."""
+    if len(times) != len(full):
+        raise ValueError(f"{len(times)} rounds against {len(full)} of full depth")
+    return [t / f for t, f in zip(times, full)]
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """(first, third) quartile, inclusive method (a single value: itself twice)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
 
 
 def run_depth_vectors(run_dir: str, *, n: int = 256, batch_size: int = 64) -> tuple[list[torch.Tensor], int]:
