@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -109,8 +110,6 @@ def busy_cpus(seconds: float = 0.5) -> float:
     installs packages first), so it would always report a busy machine on a fresh clone.
     Returns the 1-minute load average where /proc/stat is not available.
     """
-    import os
-
     def snapshot() -> tuple[int, int]:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
@@ -135,8 +134,6 @@ def auto_threads() -> int:
     Oversubscribed OpenMP threads spin against each other: on this machine, 2 threads under
     a load average of ~6 ran a step several times slower than 1 thread.
     """
-    import os
-
     cpus = os.cpu_count() or 1
     return max(1, min(2, cpus)) if busy_cpus() < 0.5 * cpus else 1
 
@@ -242,8 +239,6 @@ def run(args: argparse.Namespace) -> int:
             analyze_run(r["run_dir"])
         report = write_report([r["run_dir"] for r in records], out / "report.html")
     wall = time.perf_counter() - t0
-    import os
-
     atomic_write_text(out / "timing.json", json.dumps(
         {"wall_s": wall, "threads": args.threads, "budget_s": args.budget,
          "load_average_1_5_15": list(os.getloadavg())}, indent=1))

@@ -201,6 +201,8 @@ def png_bytes(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.08)
     return buffer.getvalue()
+
+
 def write_figures(analysis: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """Render every figure into ``out_dir/<name>.png``; returns name → path."""
     out_dir = Path(out_dir)

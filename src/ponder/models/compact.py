@@ -288,8 +288,10 @@ class CompactStepper:
                     x_r = torch.cat([x_r[:n_active] + e, x_r[n_active:]])
         rope_pos = None if self.ctx.rope is None else (
             torch.arange(B * L, device=h.device) % L if refresh is None else refresh % L)
+        # cache rows written: the frozen ones (``keep``) when keys/values of every row are
+        # computed, else every refreshed row (``keep`` is among them)
         rows = {"refresh": refresh, "queries": None if dense else index.rows, "keep": keep,
-                "keep_cache": None if keep is None else self._cache_rows(keep).view(-1),
+                "keep_cache": None if keep is None or refresh is not None else self._cache_rows(keep).view(-1),
                 "cache": None if refresh is None else self._cache_rows(refresh).view(-1),
                 "pos": rope_pos}
         blocks = list(group.blocks)
