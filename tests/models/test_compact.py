@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import ponder.models as models
+import ponder.kernels as kernels
 import ponder.models.compact as compact
 import ponder.policies as policies
 from ponder.errors import ConfigError
@@ -116,6 +117,26 @@ def with_execution(model, execution: str):
     return twin
 
 
+def set_path(path: str, monkeypatch) -> list:
+    """Run eval-mode compacted steps through the compiled kernels (``compiled``) or the PyTorch
+    ops (``pytorch``: padded attention calls, index_copy). Returns a list that records each call
+    of the compiled attention, to check that it really ran. Without a C++ compiler the kernels
+    cannot build and ``compiled`` is the PyTorch path too (tests/models/test_kernels.py checks
+    that this is the only reason)."""
+    calls: list = []
+    if path == "pytorch":
+        monkeypatch.setattr(compact.kernels, "load", lambda: False)
+        return calls
+    real = kernels.varlen_attention
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(compact.kernels, "varlen_attention", counted)
+    return calls
+
+
 def combos():
     out = []
     for name in policies.names():
@@ -132,9 +153,11 @@ def ids(c):
 
 
 # -- every registered policy, inference ---------------------------------------------------
+@pytest.mark.parametrize("path", ["compiled", "pytorch"])
 @pytest.mark.parametrize("combo", combos(), ids=ids)
-def test_compact_equals_dense_in_eval(combo):
+def test_compact_equals_dense_in_eval(combo, path, monkeypatch):
     name, kind, causal = combo
+    set_path(path, monkeypatch)
     dense, (distinct, early) = halting_model(name, cfg(kind, causal), training=False)
     assert early, f"could not make policy {name!r} halt any token before step {N}"
     if name != "fixed":  # a fixed depth is one depth by definition
@@ -204,11 +227,13 @@ def scripted_models(kind: str, causal: bool, positions: str, core: int, steps: t
 @pytest.mark.parametrize("positions", ["none", "rotary", "learned"])
 @pytest.mark.parametrize("kind,causal,core", [("recurrent", False, 1), ("recurrent", True, 2),
                                               ("stacked", False, 2), ("stacked", True, 1)])
-def test_scripted_depths_equal_dense(kind, causal, core, positions, fallback, saving, refresh,
+@pytest.mark.parametrize("path", ["compiled", "pytorch"])
+def test_scripted_depths_equal_dense(kind, causal, core, positions, fallback, saving, refresh, path,
                                      monkeypatch):
     """Every way of running a step (dense fallback; keys/values of every row with the queries
     gathered; keys/values of the needed rows only, through the cache; one or two attention
-    groups) equals the dense engine."""
+    groups; the compiled kernels or the PyTorch ops) equals the dense engine."""
+    set_path(path, monkeypatch)
     if fallback is not None:
         monkeypatch.setattr(compact, "DENSE_FALLBACK", fallback)
     if refresh is not None:
@@ -233,11 +258,14 @@ def test_scripted_depths_equal_dense(kind, causal, core, positions, fallback, sa
     torch.testing.assert_close(b.logits, a.logits, atol=TOL, rtol=TOL)
 
 
-@pytest.mark.parametrize("small", [0, 1000], ids=["flash", "matmul"])
+@pytest.mark.parametrize("path", ["compiled", "flash", "matmul"])
 @pytest.mark.parametrize("kind,causal", [("recurrent", False), ("recurrent", True), ("stacked", True)])
-def test_both_attention_kernels_equal_dense(kind, causal, small, monkeypatch):
-    """The padded query blocks give the same result through the flash kernel and through the
-    matrix-multiply attention used for few queries per sequence (pads and causal masks)."""
+def test_every_attention_kernel_equals_dense(kind, causal, path, monkeypatch):
+    """The active queries give the same result through the compiled unpadded attention, and,
+    padded into per-sequence blocks, through the flash kernel and through the matrix-multiply
+    attention used for few queries per sequence (pads and causal masks)."""
+    compiled = set_path("compiled" if path == "compiled" else "pytorch", monkeypatch)
+    small = 1000 if path == "matmul" else 0
     monkeypatch.setattr(compact, "SMALL_QUERIES", (small, small))
     monkeypatch.setattr(compact, "DENSE_FALLBACK", 2.0)
     tokens, mask, _ = batch(B=5, L=11, seed=2)
@@ -262,7 +290,10 @@ def test_both_attention_kernels_equal_dense(kind, causal, small, monkeypatch):
     with torch.inference_mode():
         a, b = dense(tokens, mask), comp(tokens, mask)
     torch.testing.assert_close(b.logits, a.logits, atol=TOL, rtol=TOL)
-    assert kinds and set(kinds) == {"flash" if small == 0 else "matmul"}
+    if path == "compiled" and kernels.load():
+        assert compiled and not kinds
+    else:
+        assert kinds and set(kinds) == {"matmul" if path == "matmul" else "flash"}
 
 
 def test_split_groups_really_split(monkeypatch):

@@ -41,6 +41,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ponder import kernels
 from ponder.models.layers import AttnContext, Block, Group
 
 # Above this fraction of active tokens a step skips the query gather/scatter (measured:
@@ -95,6 +96,9 @@ class StepIndex:
     order   [T] long | None   undoes the concatenation of the groups' outputs (None: 1 group)
     qmask   mask of the dense step (None: nothing to mask)
     alive   [B] bool     sequences with an active token
+    starts  [B + 1] long | None  offsets of each sequence's queries among the rows, when the
+                         compiled unpadded attention runs (then ``groups`` is empty)
+    pos     [T] long | None      the queries' positions (causal unpadded attention)
     """
 
     rows: torch.Tensor
@@ -103,6 +107,8 @@ class StepIndex:
     order: Optional[torch.Tensor]
     qmask: Optional[torch.Tensor]
     alive: torch.Tensor
+    starts: Optional[torch.Tensor] = None
+    pos: Optional[torch.Tensor] = None
 
 
 def _needs_mask(ctx: AttnContext) -> bool:
@@ -121,8 +127,9 @@ def _sole_owner(t: torch.Tensor) -> bool:
 
 
 def build_index(active: torch.Tensor, ctx: AttnContext, *, dense: bool,
-                needs_mask: Optional[bool] = None) -> StepIndex:
-    """active [B, L] bool → the step's :class:`StepIndex`."""
+                needs_mask: Optional[bool] = None, varlen: bool = False) -> StepIndex:
+    """active [B, L] bool → the step's :class:`StepIndex`. ``varlen``: the step's attention
+    runs the compiled unpadded kernel (only the query offsets are needed, no padded calls)."""
     B, L = active.shape
     if needs_mask is None:
         needs_mask = _needs_mask(ctx)
@@ -134,6 +141,11 @@ def build_index(active: torch.Tensor, ctx: AttnContext, *, dense: bool,
         qmask = ctx.attn_mask if needs_mask else None
         return StepIndex(rows=rows, dense=True, groups=[], order=None, qmask=qmask, alive=alive)
     rows = flat.nonzero().view(-1)
+    if varlen:
+        starts = torch.zeros(B + 1, dtype=torch.long, device=active.device)
+        torch.cumsum(counts, 0, out=starts[1:])
+        return StepIndex(rows=rows, dense=False, groups=[], order=None, qmask=None, alive=alive,
+                         starts=starts, pos=rows % L if ctx.causal else None)
     seq = torch.div(rows, L, rounding_mode="floor")
     # rank of each active token among its sequence's active tokens
     rank = (active.cumsum(1) - 1).view(-1).index_select(0, rows)
@@ -219,6 +231,13 @@ class CompactStepper:
         self.grid: Optional[torch.Tensor] = None  # padded query buffer (no autograd)
         self.needs_mask = _needs_mask(ctx)
         self.small_queries = SMALL_QUERIES[0] if torch.get_num_threads() < 2 else SMALL_QUERIES[1]
+        # unpadded attention (compiled kernel): inference only, float32, supported head sizes
+        attn = core(1).blocks[0].attn
+        # compiled kernels (ponder.kernels): without autograd, float32 on the CPU
+        self.kernels = (self.inplace and mask.device.type == "cpu"
+                        and attn.q.weight.dtype == torch.float32 and kernels.load())
+        self.varlen = self.kernels and attn.head_dim in kernels.HEAD_DIMS and attn.dropout == 0.0
+        self.key_mask = ctx.key_mask if self.needs_mask and not bool(ctx.key_mask.all()) else None
         # state buffers reused across steps without autograd (see _state_buffer)
         self._last_out: Optional[torch.Tensor] = None
         self._spare: Optional[torch.Tensor] = None
@@ -251,7 +270,8 @@ class CompactStepper:
         if n_active == 0:
             return h
         dense = n_active >= self.dense_fallback * self.n_real
-        index = build_index(active, self.ctx, dense=dense, needs_mask=self.needs_mask)
+        index = build_index(active, self.ctx, dense=dense, needs_mask=self.needs_mask,
+                            varlen=self.varlen)
         group = self.core(n)
         caches, stale = self._caches(group, h)
         h_flat = h.reshape(B * L, D)
@@ -291,8 +311,6 @@ class CompactStepper:
         # cache rows written: the frozen ones (``keep``) when keys/values of every row are
         # computed, else every refreshed row (``keep`` is among them)
         rows = {"refresh": refresh, "queries": None if dense else index.rows, "keep": keep,
-                "keep_cache": None if keep is None or refresh is not None else self._cache_rows(keep).view(-1),
-                "cache": None if refresh is None else self._cache_rows(refresh).view(-1),
                 "pos": rope_pos}
         blocks = list(group.blocks)
         frozen = None
@@ -328,7 +346,7 @@ class CompactStepper:
             # added, or an earlier block ran), equals h on the frozen rows: it becomes the
             # state, no copy of h needed
             out_flat = x_r if full and x_r is not h_flat else self._state_buffer(h, act_flat)
-            out_flat.index_copy_(0, index.rows, x_q)
+            self._set_rows(out_flat, index.rows, x_q)
             out_state = out_flat.view(B, L, D)
             self._remember(h, out_state, index.rows)
             return out_state
@@ -337,6 +355,9 @@ class CompactStepper:
     def _set_rows(self, t: torch.Tensor, rows: torch.Tensor, value) -> torch.Tensor:
         """t with rows ``rows`` (dim 0) set to ``value``: a scalar, or a tensor of those rows."""
         if isinstance(value, torch.Tensor):
+            if self.kernels and t.dim() == 2:
+                torch.ops.ponder_kernels.copy_rows(t, rows, value.contiguous())
+                return t
             return t.index_copy_(0, rows, value) if self.inplace else t.index_copy(0, rows, value)
         return t.index_fill_(0, rows, value) if self.inplace else t.index_fill(0, rows, value)
 
@@ -429,21 +450,19 @@ class CompactStepper:
             cos_r, sin_r = cos.index_select(0, rows["pos"]), sin.index_select(0, rows["pos"])
             k_r = _rotate(kv_r[:, :D].reshape(-1, H, hd), cos_r[:, None], sin_r[:, None])
             kv_r = torch.cat([k_r.reshape(-1, D), kv_r[:, D:]], dim=1)
-        hd2 = (-1, hd)
         queries = rows["queries"]
         if rows["refresh"] is None:
             # keys/values of every row, in natural order: attention reads them as they are
             kv = kv_r.view(B, L, 2, H, hd).permute(2, 0, 3, 1, 4)
             if rows["keep"] is not None:
                 # the rows that froze are read again at later steps: into the cache
-                src = kv_r.index_select(0, rows["keep"]).reshape(hd2)
-                caches[i] = self._write(caches[i], rows["keep_cache"], src)
+                caches[i] = self._write(caches[i], rows["keep"], kv_r, src=rows["keep"])
             if queries is None:
                 x_q, y_q = x_r, y_r
             else:
                 x_q, y_q = x_r.index_select(0, queries), y_r.index_select(0, queries)
         else:
-            caches[i] = self._write(caches[i], rows["cache"], kv_r.reshape(hd2))
+            caches[i] = self._write(caches[i], rows["refresh"], kv_r)
             kv = caches[i]
             x_q, y_q = x_r[:n_q], y_r[:n_q]
         q = attn.q(y_q)
@@ -458,6 +477,9 @@ class CompactStepper:
             qg = q.view(B, L, H, hd).transpose(1, 2)
             y = F.scaled_dot_product_attention(qg, kv[0], kv[1], attn_mask=index.qmask, dropout_p=p)
             y = y.transpose(1, 2).reshape(-1, D)
+        elif index.starts is not None:
+            y = kernels.varlen_attention(q.contiguous(), kv[0], kv[1], index.starts, pos=index.pos,
+                                         key_mask=self.key_mask)
         else:
             parts = []
             for g in index.groups:
@@ -495,12 +517,20 @@ class CompactStepper:
             scores = scores.masked_fill(~mask, float("-inf"))
         return torch.matmul(scores.softmax(-1), v)
 
-    def _write(self, cache: torch.Tensor, rows: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-        """cache [2, B, H, L, hd] with the ``[2·B·H·L, hd]`` rows ``rows`` set to src."""
-        if self.inplace:
-            cache.view(-1, src.shape[-1]).index_copy_(0, rows, src)
+    def _write(self, cache: torch.Tensor, tokens: torch.Tensor, kv: torch.Tensor,
+               src: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """cache [2, B, H, L, hd] with the keys/values of flat tokens ``tokens`` [R] set from kv
+        [·, 2D] (its rows ``src``, or its first R rows in order)."""
+        if self.kernels:
+            torch.ops.ponder_kernels.write_kv(cache, tokens, kv, src)
             return cache
-        return cache.reshape(-1, src.shape[-1]).index_copy(0, rows, src).view(cache.shape)
+        hd = cache.shape[-1]
+        rows = self._cache_rows(tokens).view(-1)
+        kv = kv if src is None else kv.index_select(0, src)
+        if self.inplace:
+            cache.view(-1, hd).index_copy_(0, rows, kv.reshape(-1, hd))
+            return cache
+        return cache.reshape(-1, hd).index_copy(0, rows, kv.reshape(-1, hd)).view(cache.shape)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ponder import kernels
 from ponder.errors import ConfigError
 
 
@@ -99,7 +100,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
+    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (at inference,
+    when possible, through the compiled kernel of :mod:`ponder.kernels`; see ``compiled_ok``)."""
 
     def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -142,7 +144,31 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         """x [B, L, D] (normed) → [B, L, D]."""
         k, v = self.keys_values(x, ctx)
+        if self.compiled_ok(x, ctx):
+            return self._attend_compiled(x, k, v, ctx)
         return self.attend(self.queries(x, ctx), k, v, ctx.attn_mask)
+
+    def compiled_ok(self, x: torch.Tensor, ctx: AttnContext) -> bool:
+        """Whether this call may run the compiled attention of :mod:`ponder.kernels`: without
+        autograd or dropout, float32 on the CPU, a supported head size, no padded tokens (a pad
+        query's row of the mask differs; only causality or nothing to mask). The compacted steps
+        use the same kernel, so full-depth and compacted runs compare kernel for kernel."""
+        return (not torch.is_grad_enabled() and (self.dropout == 0.0 or not self.training)
+                and x.dtype == torch.float32 and x.device.type == "cpu"
+                and self.head_dim in kernels.HEAD_DIMS and kernels.load()
+                and (ctx.attn_mask is None or bool(ctx.key_mask.all())))
+
+    def _attend_compiled(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         ctx: AttnContext) -> torch.Tensor:
+        """x [B, L, D], k/v [B, H, L, hd] → [B, L, D]; every token a query of its sequence."""
+        B, L, D = x.shape
+        q = self.q(x)
+        if ctx.rope is not None:
+            q = apply_rotary(self._heads(q), *ctx.rope).transpose(1, 2)
+        starts = torch.arange(0, B * L + 1, L, device=x.device)
+        pos = torch.arange(B * L, device=x.device) % L if ctx.causal else None
+        y = kernels.varlen_attention(q.reshape(B * L, D).contiguous(), k, v, starts, pos=pos)
+        return self.o(y.view(B, L, D))
 
 
 class MLP(nn.Module):
