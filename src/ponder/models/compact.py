@@ -139,7 +139,10 @@ def build_index(active: torch.Tensor, ctx: AttnContext, *, dense: bool,
     if dense:
         rows = torch.arange(B * L, device=active.device)
         qmask = ctx.attn_mask if needs_mask else None
-        return StepIndex(rows=rows, dense=True, groups=[], order=None, qmask=qmask, alive=alive)
+        starts = torch.arange(0, B * L + 1, L, device=active.device) if varlen else None
+        # (pads are queries here; their outputs are never kept)
+        return StepIndex(rows=rows, dense=True, groups=[], order=None, qmask=qmask, alive=alive,
+                         starts=starts, pos=rows % L if varlen and ctx.causal else None)
     rows = flat.nonzero().view(-1)
     if varlen:
         starts = torch.zeros(B + 1, dtype=torch.long, device=active.device)
@@ -473,13 +476,13 @@ class CompactStepper:
                 cos_q, sin_q = cos_r[:q.shape[0]], sin_r[:q.shape[0]]
             q = _rotate(q.view(-1, H, hd), cos_q[:, None], sin_q[:, None]).reshape(-1, D)
         p = attn.dropout if attn.training else 0.0
-        if index.dense:
+        if index.starts is not None:
+            y = kernels.varlen_attention(q.contiguous(), kv[0], kv[1], index.starts, pos=index.pos,
+                                         key_mask=self.key_mask)
+        elif index.dense:
             qg = q.view(B, L, H, hd).transpose(1, 2)
             y = F.scaled_dot_product_attention(qg, kv[0], kv[1], attn_mask=index.qmask, dropout_p=p)
             y = y.transpose(1, 2).reshape(-1, D)
-        elif index.starts is not None:
-            y = kernels.varlen_attention(q.contiguous(), kv[0], kv[1], index.starts, pos=index.pos,
-                                         key_mask=self.key_mask)
         else:
             parts = []
             for g in index.groups:
