@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -60,9 +61,12 @@ def load() -> bool:
     name = f"ponder_kernels_{key}"
     try:
         from torch.utils.cpp_extension import load as build
+        where = _build_dir(key)
+        if not (where / f"{name}.so").exists():
+            print(f"ponder: building the compiled kernels in {where} (once, ~15 s)", file=sys.stderr,
+                  flush=True)
         build(name=name, sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
-              is_python_module=False,
-              build_directory=str(_build_dir(key)), verbose=False)
+              is_python_module=False, build_directory=str(where), verbose=False)
         _state["ok"] = True
     except Exception as err:  # no compiler, no ninja, unwritable cache: keep the PyTorch path
         warnings.warn(f"ponder: compiled kernels unavailable ({type(err).__name__}: "

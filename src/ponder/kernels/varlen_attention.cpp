@@ -1,3 +1,10 @@
+// Compiled CPU kernels of compacted execution (built by ponder/kernels/__init__.py on first
+// use; registered as torch.ops.ponder_kernels.*):
+//   varlen_attention  attention of unpadded per-sequence query lists (inference, float32)
+//   write_kv          keys/values of some tokens into the per-head cache [2, B, H, L, hd]
+//   copy_rows         dst[rows] = src along dim 0 (index_copy_ without its per-index overhead)
+// Vectors are GCC/Clang vector extensions (v16 = 16 floats): the compiler maps them onto
+// whatever the machine has (-march=native: AVX-512, AVX2 or SSE), no intrinsics.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -41,7 +48,6 @@ inline v16 exp_nonpos(v16 x) {
   return p * two_n * lo;
 }
 
-// One (sequence, head): queries rows q0..q1 of q; C = hd / 8.
 // One (sequence, head): queries rows q0..q1 of q (row stride D), keys either transposed into
 // kt [hd, Lp] (many queries: 16 keys per vector operation) or, when kt is null (a few queries:
 // transposing would cost more than it saves), read as rows of kb (stride ks); C = hd / 8.
