@@ -9,6 +9,7 @@ The *policy* decides the steps from those columns, so each test knows the right 
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +40,8 @@ POLICIES: dict[str, Callable[[pd.DataFrame, np.random.Generator], np.ndarray]] =
 
 def make_records(split: str, *, n_examples: int, policy: str, seed: int = 0) -> pd.DataFrame:
     """One split's records (a DataFrame with the schema's columns and dtypes)."""
-    rng = np.random.default_rng([seed, hash(split) % 1000, n_examples])
+    # zlib.crc32, not hash(): str hashes change from process to process (PYTHONHASHSEED)
+    rng = np.random.default_rng([seed, zlib.crc32(split.encode()) % 1000, n_examples])
     lo, hi = OOD_N if split == "ood" else TRAIN_N
     rows = []
     for ex in range(n_examples):
