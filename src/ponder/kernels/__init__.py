@@ -2,9 +2,15 @@
 compiler and ``ninja``). Optional: when the build is impossible, or ``PONDER_KERNELS=0``,
 :func:`load` returns False and the callers keep their PyTorch path.
 
-- ``varlen_attention`` (``varlen_attention.cpp``): attention of unpadded per-sequence query
-  lists against each sequence's keys/values — what compacted execution needs once only some
-  tokens of a sequence still run (see :func:`varlen_attention`).
+All in ``varlen_attention.cpp``, registered as ``torch.ops.ponder_kernels.*``:
+
+- ``varlen_attention``: attention of unpadded per-sequence query lists against each
+  sequence's keys/values — what compacted execution needs once only some tokens of a sequence
+  still run (see :func:`varlen_attention`); with every token a query it is also the inference
+  attention of :class:`ponder.models.layers.Attention` when no token is padded;
+- ``write_kv(cache, tokens, kv, src)``: keys/values of some tokens into a per-head cache
+  ``[2, B, H, L, hd]``; ``copy_rows(dst, rows, src)``: ``dst[rows] = src`` along dim 0 — the
+  row scatters of compacted steps, without ``index_copy_``'s per-index overhead.
 
 The build is cached per source text, compiler flags, torch version and CPU model (the code is
 compiled for the machine it runs on, ``-march=native``) under ``$PONDER_KERNEL_DIR`` or

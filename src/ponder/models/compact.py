@@ -8,16 +8,19 @@ active tokens. Per step n and block b of the step's group:
   ``[B·L, D]`` view) into one contiguous buffer, the active tokens first (flattened across
   the batch; they are the queries, so their buffer is a slice); norms, projections and the
   MLP are plain matrix multiplies on it;
-- the queries are padded per sequence to the largest active count of the step
-  (``[B', H, A_max, hd]``) for one ``scaled_dot_product_attention`` call against their own
-  sequence's keys/values — two calls for two groups of sequences sorted by active count when
-  that saves enough padding; fully halted sequences are dropped when few are live;
+- the queries attend to their own sequence's keys/values: without autograd, through the
+  compiled unpadded attention of :mod:`ponder.kernels` (one call, the queries stay in their
+  buffer, grouped by sequence); otherwise they are padded per sequence to the largest active
+  count of the step (``[B', H, A_max, hd]``) for one ``scaled_dot_product_attention`` call —
+  two calls for two groups of sequences sorted by active count when that saves enough
+  padding; fully halted sequences are dropped when few are live;
 - keys/values of every token (frozen ones included: state copying) live in a per-block cache
   ``[2, B, H, L, hd]``. A row is recomputed only when its block input changed since the cache
   last saw it (``stale`` rows): for a weight-shared core these are the tokens active at the
   previous step; a block seen for the first time (every layer of a stacked model) computes
   the rows of the sequences still alive;
-- the outputs are scattered back (``index_copy_``) into a ``[B, L, D]`` state of its own that
+- the outputs are scattered back (``index_copy_``, or the compiled ``copy_rows``; the cache
+  writes likewise) into a ``[B, L, D]`` state of its own that
   the policy sees exactly as in dense mode (without autograd, the engine's buffer of the step
   before last when nobody else holds it; see ``CompactStepper._state_buffer``). Policies
   never change.
@@ -234,9 +237,9 @@ class CompactStepper:
         self.grid: Optional[torch.Tensor] = None  # padded query buffer (no autograd)
         self.needs_mask = _needs_mask(ctx)
         self.small_queries = SMALL_QUERIES[0] if torch.get_num_threads() < 2 else SMALL_QUERIES[1]
-        # unpadded attention (compiled kernel): inference only, float32, supported head sizes
+        # compiled kernels (ponder.kernels): without autograd, float32 on the CPU; the unpadded
+        # attention also needs a supported head size and no dropout
         attn = core(1).blocks[0].attn
-        # compiled kernels (ponder.kernels): without autograd, float32 on the CPU
         self.kernels = (self.inplace and mask.device.type == "cpu"
                         and attn.q.weight.dtype == torch.float32 and kernels.load())
         self.varlen = self.kernels and attn.head_dim in kernels.HEAD_DIMS and attn.dropout == 0.0
