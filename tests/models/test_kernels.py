@@ -148,3 +148,34 @@ def test_switched_off_by_the_environment(monkeypatch):
     monkeypatch.setattr(kernels, "_state", {})
     monkeypatch.setenv("PONDER_KERNELS", "0")
     assert kernels.load() is False
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("rope", [False, True], ids=["no-rope", "rope"])
+@pytest.mark.parametrize("pads", [False, True], ids=["no-pads", "pads"])
+def test_attention_module_compiled_path_equals_sdpa(causal, rope, pads, monkeypatch):
+    """``Attention`` at inference: the compiled path (taken only without pads) gives what
+    ``scaled_dot_product_attention`` gives; with pads it keeps the PyTorch path."""
+    from ponder.models.layers import Attention, AttnContext, Rotary
+    torch.manual_seed(0)
+    attn = Attention(d_model=64, n_heads=4).eval()
+    mask = torch.ones(3, 13, dtype=torch.bool)
+    if pads:
+        mask[1, 9:] = False
+    ctx = AttnContext.build(mask, causal=causal, rope=Rotary(head_dim=16) if rope else None)
+    x = torch.randn(3, 13, 64)
+    calls = []
+    real = kernels.varlen_attention
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(kernels, "varlen_attention", counted)
+    with torch.inference_mode():
+        fast = attn(x, ctx)
+        with monkeypatch.context() as m:
+            m.setattr(kernels, "load", lambda: False)
+            ref = attn(x, ctx)
+    assert bool(calls) == (built() and not pads)
+    torch.testing.assert_close(fast, ref, atol=2e-6, rtol=2e-5)
