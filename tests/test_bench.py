@@ -98,8 +98,12 @@ def test_training_bench_finds_early_halting_knobs_for_hard_policies():
 def test_bench_cli_bad_input_is_one_line_and_status_2(capsys, tmp_path):
     assert main(["bench", "--threads", "0"]) == 2
     assert main(["bench", "--run", str(tmp_path / "missing")]) == 2
+    # an unwritable --out is refused before anything is measured (the check runs first)
+    assert main(["bench", "--out", str(tmp_path / "missing" / "bench.json")]) == 2
+    assert main(["bench", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("ponder: error:") for line in err)
+    assert len(err) == 4 and all(line.startswith("ponder: error:") for line in err)
+    assert not (tmp_path / "missing").exists()
 
 
 def test_bench_cli_training_json(capsys, monkeypatch):

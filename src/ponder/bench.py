@@ -93,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
     if args.repeats is not None and args.repeats < 1:
         raise ConfigError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.out is not None:
+        # refuse an unwritable destination now, not after minutes of measuring
+        parent = Path(args.out).resolve().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK) or Path(args.out).is_dir():
+            raise ConfigError(f"cannot write --out {args.out!r} (no such directory, not writable, "
+                              "or a directory)")
     run_depths = None
     run_steps = None
     if args.run is not None:
