@@ -139,8 +139,19 @@ def test_bad_shapes_are_refused():
                                  torch.tensor([0, 2, 4]))
     with pytest.raises(RuntimeError, match="shapes"):
         kernels.varlen_attention(q, kv[0], kv[1], torch.tensor([0, 4]))
+    with pytest.raises(RuntimeError, match="starts"):
+        kernels.varlen_attention(q, kv[0], kv[1], torch.tensor([0, 1, 3]))
+    with pytest.raises(RuntimeError, match="starts"):
+        kernels.varlen_attention(q, kv[0], kv[1], torch.tensor([0, 5, 4]))
+    with pytest.raises(RuntimeError, match="key_mask"):
+        kernels.varlen_attention(q, kv[0], kv[1], torch.tensor([0, 2, 4]),
+                                 key_mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(RuntimeError, match="write_kv"):
         torch.ops.ponder_kernels.write_kv(kv, torch.tensor([0, 1]), torch.randn(2, 7), None)
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.ponder_kernels.write_kv(kv, torch.tensor([0, 99]), torch.randn(2, 32), None)
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.ponder_kernels.copy_rows(torch.zeros(3, 4), torch.tensor([3]), torch.ones(1, 4))
 
 
 def test_switched_off_by_the_environment(monkeypatch):

@@ -147,7 +147,13 @@ at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK(q.dim() == 2 && q.is_contiguous() && q.scalar_type() == at::kFloat, "q: [T, H*hd] contiguous float32");
   TORCH_CHECK(k.dim() == 4 && v.dim() == 4 && k.stride(3) == 1 && v.stride(3) == 1, "k, v: [B, H, L, hd], hd contiguous");
   const int64_t B = k.size(0), H = k.size(1), L = k.size(2), hd = k.size(3), D = H * hd;
-  TORCH_CHECK(q.size(1) == D && starts.numel() == B + 1, "shapes");
+  TORCH_CHECK(k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat && v.sizes() == k.sizes(),
+              "k, v: float32 of the same shape");
+  TORCH_CHECK(q.size(1) == D && starts.numel() == B + 1 && starts.scalar_type() == at::kLong, "shapes");
+  TORCH_CHECK(!causal || (pos.scalar_type() == at::kLong && pos.numel() == q.size(0)),
+              "pos: [T] long (causal)");
+  TORCH_CHECK(!key_mask.has_value() || (key_mask->scalar_type() == at::kBool && key_mask->dim() == 2
+              && key_mask->size(0) == B && key_mask->size(1) == L), "key_mask: [B, L] bool");
   HeadFn fn = nullptr;
   switch (hd) {
     case 8: fn = attend_head<1>; break;
@@ -163,6 +169,9 @@ at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::
   const float* vp = v.data_ptr<float>();
   const at::Tensor st_c = starts.contiguous();
   const int64_t* st = st_c.data_ptr<int64_t>();
+  // every query belongs to exactly one sequence: offsets from 0 to T, never decreasing
+  TORCH_CHECK(st[0] == 0 && st[B] == q.size(0), "starts: offsets from 0 to T");
+  for (int64_t b = 0; b < B; ++b) TORCH_CHECK(st[b] <= st[b + 1], "starts: offsets never decrease");
   const at::Tensor pos_c = pos.contiguous();
   const int64_t* ps = causal ? pos_c.data_ptr<int64_t>() : nullptr;
   at::Tensor km_c;
@@ -199,6 +208,8 @@ void copy_rows(at::Tensor& dst, const at::Tensor& rows, const at::Tensor& src) {
   const int64_t R = src.size(0), bytes = src.size(1) * src.element_size(), ds = dst.stride(0) * dst.element_size();
   const at::Tensor rc = rows.contiguous();
   const int64_t* r = rc.data_ptr<int64_t>();
+  const int64_t N = dst.size(0);
+  for (int64_t i = 0; i < R; ++i) TORCH_CHECK(r[i] >= 0 && r[i] < N, "copy_rows: row out of range");
   char* d = static_cast<char*>(dst.data_ptr());
   const char* s = static_cast<const char*>(src.data_ptr());
   at::parallel_for(0, R, 2048, [&](int64_t begin, int64_t end) {
@@ -222,6 +233,9 @@ void write_kv(at::Tensor& cache, const at::Tensor& rows, const at::Tensor& kv,
   at::Tensor sc;
   const int64_t* si = nullptr;
   if (src.has_value()) { sc = src->contiguous(); si = sc.data_ptr<int64_t>(); TORCH_CHECK(sc.numel() == R, "write_kv: src"); }
+  for (int64_t i = 0; i < R; ++i)
+    TORCH_CHECK(r[i] >= 0 && r[i] < B * L && (si == nullptr || (si[i] >= 0 && si[i] < kv.size(0))),
+                "write_kv: row out of range");
   float* c = cache.data_ptr<float>();
   const float* s = kv.data_ptr<float>();
   at::parallel_for(0, R, 1024, [&](int64_t begin, int64_t end) {
