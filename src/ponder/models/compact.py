@@ -387,7 +387,7 @@ class CompactStepper:
             # rows the previous step ran and this step does not: they froze at h
             frozen = rows[~act_flat.index_select(0, rows)]
             if frozen.numel():
-                flat.index_copy_(0, frozen, h.reshape(B * L, -1).index_select(0, frozen))
+                self._set_rows(flat, frozen, h.reshape(B * L, -1).index_select(0, frozen))
             self._spare = None  # it is the output now
             return flat
         return h.reshape(B * L, -1).clone()

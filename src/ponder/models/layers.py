@@ -162,9 +162,7 @@ class Attention(nn.Module):
                          ctx: AttnContext) -> torch.Tensor:
         """x [B, L, D], k/v [B, H, L, hd] → [B, L, D]; every token a query of its sequence."""
         B, L, D = x.shape
-        q = self.q(x)
-        if ctx.rope is not None:
-            q = apply_rotary(self._heads(q), *ctx.rope).transpose(1, 2)
+        q = self.queries(x, ctx).transpose(1, 2)  # [B, L, H, hd]: the rows the kernel takes
         starts = torch.arange(0, B * L + 1, L, device=x.device)
         pos = torch.arange(B * L, device=x.device) % L if ctx.causal else None
         y = kernels.varlen_attention(q.reshape(B * L, D).contiguous(), k, v, starts, pos=pos)
