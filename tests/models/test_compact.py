@@ -19,6 +19,7 @@ import torch
 import ponder.models as models
 import ponder.kernels as kernels
 import ponder.models.compact as compact
+import ponder.models.dispatch as dispatch
 import ponder.policies as policies
 from ponder.errors import ConfigError
 from ponder.models.config import ModelConfig
@@ -125,7 +126,7 @@ def set_path(path: str, monkeypatch) -> list:
     that this is the only reason)."""
     calls: list = []
     if path == "pytorch":
-        monkeypatch.setattr(compact.kernels, "load", lambda: False)
+        monkeypatch.setattr(dispatch.kernels, "load", lambda: False)
         return calls
     real = kernels.varlen_attention
 
@@ -133,7 +134,7 @@ def set_path(path: str, monkeypatch) -> list:
         calls.append(1)
         return real(*args, **kw)
 
-    monkeypatch.setattr(compact.kernels, "varlen_attention", counted)
+    monkeypatch.setattr(dispatch.kernels, "varlen_attention", counted)
     return calls
 
 
@@ -239,9 +240,9 @@ def test_scripted_depths_equal_dense(kind, causal, core, positions, fallback, sa
     if refresh is not None:
         monkeypatch.setattr(compact, "FULL_REFRESH", refresh)
     if saving is not None:
-        monkeypatch.setattr(compact, "GROUP_SAVING", saving)
-        monkeypatch.setattr(compact, "GROUP_MIN_QUERIES", 1)
-        monkeypatch.setattr(compact, "KEEP_ALL", 1.0 if saving else 2.0)  # keep all / drop halted
+        monkeypatch.setattr(dispatch, "GROUP_SAVING", saving)
+        monkeypatch.setattr(dispatch, "GROUP_MIN_QUERIES", 1)
+        monkeypatch.setattr(dispatch, "KEEP_ALL", 1.0 if saving else 2.0)  # keep all / drop halted
     tokens, mask, _ = batch(B=5, L=11, seed=2)
     g = torch.Generator().manual_seed(4)
     steps = torch.randint(1, N + 1, (5, 11), generator=g)
@@ -266,14 +267,14 @@ def test_every_attention_kernel_equals_dense(kind, causal, path, monkeypatch):
     attention used for few queries per sequence (pads and causal masks)."""
     compiled = set_path("compiled" if path == "compiled" else "pytorch", monkeypatch)
     small = 1000 if path == "matmul" else 0
-    monkeypatch.setattr(compact, "SMALL_QUERIES", (small, small))
+    monkeypatch.setattr(dispatch, "SMALL_QUERIES", (small, small))
     monkeypatch.setattr(compact, "DENSE_FALLBACK", 2.0)
     tokens, mask, _ = batch(B=5, L=11, seed=2)
     steps = torch.randint(1, N + 1, (5, 11), generator=torch.Generator().manual_seed(8))
     dense, comp = scripted_models(kind, causal, "rotary", 1, steps)
     dense.eval(), comp.eval()
     kernel_calls, kinds = [], []
-    real_kernel, real_attend = compact.F.scaled_dot_product_attention, compact.CompactStepper._attend
+    real_kernel, real_attend = dispatch.F.scaled_dot_product_attention, dispatch.Dispatch._padded
 
     def kernel(*args, **kw):
         kernel_calls.append(1)
@@ -285,8 +286,8 @@ def test_every_attention_kernel_equals_dense(kind, causal, path, monkeypatch):
         kinds.append("flash" if len(kernel_calls) > before else "matmul")
         return out
 
-    monkeypatch.setattr(compact.F, "scaled_dot_product_attention", kernel)
-    monkeypatch.setattr(compact.CompactStepper, "_attend", attend)
+    monkeypatch.setattr(dispatch.F, "scaled_dot_product_attention", kernel)
+    monkeypatch.setattr(dispatch.Dispatch, "_padded", attend)
     with torch.inference_mode():
         a, b = dense(tokens, mask), comp(tokens, mask)
     torch.testing.assert_close(b.logits, a.logits, atol=TOL, rtol=TOL)
@@ -297,12 +298,12 @@ def test_every_attention_kernel_equals_dense(kind, causal, path, monkeypatch):
 
 
 def test_split_groups_really_split(monkeypatch):
-    monkeypatch.setattr(compact, "GROUP_MIN_QUERIES", 1)
+    monkeypatch.setattr(dispatch, "GROUP_MIN_QUERIES", 1)
     active = torch.zeros(6, 10, dtype=torch.bool)
     active[:2] = True
     active[2:, 0] = True
     mask = torch.ones(6, 10, dtype=torch.bool)
-    index = compact.build_index(active, AttnContext.build(mask, causal=False), dense=False)
+    index = dispatch.build_index(active, AttnContext.build(mask, causal=False), dense=False)
     assert [g.a_max for g in index.groups] == [10, 1]
     assert index.order is not None
 
@@ -319,23 +320,23 @@ def _reference_groups(active: torch.Tensor) -> list[tuple[list[int], int]]:
         cost = k * a_top + (len(live) - k) * counts[by_count[k]]
         if cost < best_cost:
             best_k, best_cost = k, cost
-    if a_top >= compact.GROUP_MIN_QUERIES and best_cost < (1 - compact.GROUP_SAVING) * len(live) * a_top:
+    if a_top >= dispatch.GROUP_MIN_QUERIES and best_cost < (1 - dispatch.GROUP_SAVING) * len(live) * a_top:
         return [(sorted(by_count[:best_k]), a_top), (sorted(by_count[best_k:]), counts[by_count[best_k]])]
-    return [(list(range(B)) if len(live) >= compact.KEEP_ALL * B else live, a_top)]
+    return [(list(range(B)) if len(live) >= dispatch.KEEP_ALL * B else live, a_top)]
 
 
 @pytest.mark.parametrize("seed", range(40))
 def test_query_groups_match_a_plain_reference(seed, monkeypatch):
     """The vectorised choice of padded calls (split point, sequences, padded lengths, query
     slots) equals a slow loop over the sequences, and every active token gets its own slot."""
-    monkeypatch.setattr(compact, "GROUP_MIN_QUERIES", 1 + seed % 3)
+    monkeypatch.setattr(dispatch, "GROUP_MIN_QUERIES", 1 + seed % 3)
     g = torch.Generator().manual_seed(seed)
     B, L = 2 + seed % 9, 3 + seed % 7
     p = torch.rand(B, 1, generator=g) ** (1 + seed % 4)  # uneven counts per sequence
     active = torch.rand(B, L, generator=g) < p
     active[seed % B, seed % L] = True
     mask = torch.ones(B, L, dtype=torch.bool)
-    index = compact.build_index(active, AttnContext.build(mask, causal=False), dense=False)
+    index = dispatch.build_index(active, AttnContext.build(mask, causal=False), dense=False)
     got = [(list(range(B)) if grp.seqs is None else grp.seqs.tolist(), grp.a_max) for grp in index.groups]
     assert got == _reference_groups(active)
     rows = active.reshape(-1).nonzero().view(-1)

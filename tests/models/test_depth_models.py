@@ -54,7 +54,7 @@ def plain_block(block, x, mask, causal):
     att = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, L, D)
     x = x + att @ a.o.weight.T + a.o.bias
     y = rms(x, block.norm2.weight)
-    m = block.mlp
+    m = block.ffn
     return x + F.gelu(y @ m.up.weight.T + m.up.bias) @ m.down.weight.T + m.down.bias
 
 
@@ -247,7 +247,7 @@ def test_default_init_is_pytorchs():
     torch.manual_seed(8)
     model = models.build(small_cfg(), "fixed", vocab_size=10)
     assert model.embed.tok.weight.std() > 0.5          # nn.Embedding default is N(0, 1)
-    w = model.core.blocks[0].mlp.up.weight
+    w = model.core.blocks[0].ffn.up.weight
     bound = 1 / math.sqrt(w.shape[1])                  # nn.Linear default: U(-1/√fan_in, ..)
     assert w.abs().max() <= bound and w.abs().max() > 0.8 * bound
 

@@ -164,12 +164,13 @@ def test_switched_off_by_the_environment(monkeypatch):
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("rope", [False, True], ids=["no-rope", "rope"])
 @pytest.mark.parametrize("pads", [False, True], ids=["no-pads", "pads"])
-def test_attention_module_compiled_path_equals_sdpa(causal, rope, pads, monkeypatch):
-    """``Attention`` at inference: the compiled path (taken only without pads) gives what
-    ``scaled_dot_product_attention`` gives; with pads it keeps the PyTorch path."""
-    from ponder.models.layers import Attention, AttnContext, Rotary
+def test_dispatched_full_pass_equals_reference_blocks(causal, rope, pads, monkeypatch):
+    """A full pass through the dispatcher (``dispatch.run_group``: the compiled kernel at
+    inference, taken only without pads) gives what the blocks' plain-PyTorch reference gives."""
+    from ponder.models import dispatch
+    from ponder.models.layers import AttnContext, BlockSpec, Group, Rotary
     torch.manual_seed(0)
-    attn = Attention(d_model=64, n_heads=4).eval()
+    group = Group(n_blocks=2, spec=BlockSpec(d_model=64, n_heads=4, d_ff=128)).eval()
     mask = torch.ones(3, 13, dtype=torch.bool)
     if pads:
         mask[1, 9:] = False
@@ -184,9 +185,7 @@ def test_attention_module_compiled_path_equals_sdpa(causal, rope, pads, monkeypa
 
     monkeypatch.setattr(kernels, "varlen_attention", counted)
     with torch.inference_mode():
-        fast = attn(x, ctx)
-        with monkeypatch.context() as m:
-            m.setattr(kernels, "load", lambda: False)
-            ref = attn(x, ctx)
-    assert bool(calls) == (built() and not pads)
-    torch.testing.assert_close(fast, ref, atol=2e-6, rtol=2e-5)
+        fast = dispatch.run_group(group, x, ctx)
+        ref = group(x, ctx)
+    assert bool(calls) == (built() and not pads)  # pads: SDPA with the reference's mask
+    torch.testing.assert_close(fast[mask], ref[mask], atol=2e-6, rtol=2e-5)

@@ -61,7 +61,8 @@ from torch import nn
 from ponder.errors import ConfigError
 from ponder.models import register_model
 from ponder.models.config import ModelConfig, ModelOutput
-from ponder.models.layers import MLP, Attention, AttnContext, Embedding, Rotary, make_norm
+from ponder.models.kinds import FFNS
+from ponder.models.layers import AttnContext, Block, BlockSpec, Embedding, Rotary, make_norm
 
 IGNORE_INDEX = -100  # same value as ponder.tasks.IGNORE_INDEX (kept local: models do not import tasks)
 
@@ -71,30 +72,31 @@ POSITIONS = ("learned", "rotary", "none")
 NORMS = ("rmsnorm", "layernorm")
 
 
-class TapeEncoderLayer(nn.Module):
-    """Pre-norm encoder layer (the shared ``layers`` attention/MLP) over ``[input ; tape]``:
-    attention is shared, the tape segment optionally takes its own MLP.
+class TapeEncoderLayer(Block):
+    """The model's pre-norm :class:`~ponder.models.layers.Block` over ``[input ; tape]``:
+    attention is shared, the tape segment optionally takes its own FFN (same kind as the
+    block's).
 
     h [B, L+T, D], ctx over the L+T tokens, n_input = L → [B, L+T, D].
     """
 
-    def __init__(self, *, d_model: int, n_heads: int, d_ff: int, norm: str, dropout: float,
-                 tape_ffn: bool) -> None:
-        super().__init__()
-        self.norm1 = make_norm(norm, d_model)
-        self.attn = Attention(d_model=d_model, n_heads=n_heads, dropout=dropout)
-        self.norm2 = make_norm(norm, d_model)
-        self.mlp = MLP(d_model=d_model, d_ff=d_ff, dropout=dropout)
-        self.tape_mlp = MLP(d_model=d_model, d_ff=d_ff, dropout=dropout) if tape_ffn else None
-        self.drop = nn.Dropout(dropout)
+    def __init__(self, *, spec: BlockSpec, tape_ffn: bool) -> None:
+        super().__init__(spec=spec)
+        self.tape_mlp = (FFNS.cls(spec.ffn)(d_model=spec.d_model, d_ff=spec.d_ff,
+                                            dropout=spec.dropout, knobs=spec.ffn_knobs)
+                         if tape_ffn else None)
 
     def forward(self, h: torch.Tensor, ctx: AttnContext, n_input: int) -> torch.Tensor:
+        B, T, D = h.shape
         h = h + self.drop(self.attn(self.norm1(h), ctx))
+        if self.tape_mlp is None or T == n_input:
+            return self.ffn_residual(h.reshape(B * T, D), ctx).view(B, T, D)
+        # Each segment runs only its own FFN (no wasted FLOPs on the other one).
         x = self.norm2(h)
-        if self.tape_mlp is None or h.shape[1] == n_input:
-            return h + self.mlp(x)
-        # Each segment runs only its own MLP (no wasted FLOPs on the other one).
-        return h + torch.cat([self.mlp(x[:, :n_input]), self.tape_mlp(x[:, n_input:])], dim=1)
+        rows = torch.arange(B * T, device=h.device).view(B, T)
+        inp = self.ffn(x[:, :n_input].reshape(-1, D), ctx, rows[:, :n_input].reshape(-1))
+        tape = self.tape_mlp(x[:, n_input:].reshape(-1, D), ctx, rows[:, n_input:].reshape(-1))
+        return h + torch.cat([inp.view(B, n_input, D), tape.view(B, T - n_input, D)], dim=1)
 
 
 class TapeReader(nn.Module):
@@ -178,7 +180,8 @@ class AdaTape(nn.Module):
                  n_layers: int = 2, max_tape: int = 8, bank: str = "input", bank_size: int = 32,
                  ngram: int = 1, threshold: float = 1.0, per_step: int = 1, tape_ffn: bool = True,
                  query: str = "mean", aux_weight: float = 0.01, positions: str = "learned",
-                 max_len: int = 512, norm: str = "rmsnorm", dropout: float = 0.0) -> None:
+                 max_len: int = 512, norm: str = "rmsnorm", dropout: float = 0.0,
+                 spec: Optional[BlockSpec] = None) -> None:
         super().__init__()
         _check(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads, d_ff=d_ff,
                n_layers=n_layers, max_tape=max_tape, bank=bank, bank_size=bank_size, ngram=ngram,
@@ -202,9 +205,10 @@ class AdaTape(nn.Module):
         self.tape_type = nn.Parameter(torch.randn(d_model) * 0.02)
         self.reader = TapeReader(d_model=d_model, max_tape=max_tape, threshold=threshold,
                                  per_step=per_step)
+        spec = spec or BlockSpec(d_model=d_model, n_heads=n_heads, d_ff=d_ff, norm=norm,
+                                 dropout=dropout)
         self.layers = nn.ModuleList(
-            TapeEncoderLayer(d_model=d_model, n_heads=n_heads, d_ff=d_ff, norm=norm,
-                             dropout=dropout, tape_ffn=tape_ffn) for _ in range(n_layers))
+            TapeEncoderLayer(spec=spec, tape_ffn=tape_ffn) for _ in range(n_layers))
         self.final_norm = make_norm(norm, d_model)
         self.head = nn.Linear(d_model, vocab_size)
 
@@ -278,9 +282,26 @@ class AdaTape(nn.Module):
         logits = self.encode(x, mask, read["tape"], read["tape_mask"])
         steps = read["count"][:, None].expand(B, L).clone()
         aux = self.aux_weight * read["aux"].mean()
-        return ModelOutput(logits=logits, steps=steps, aux_loss=aux,
+        return ModelOutput(logits=logits, steps=steps, aux_loss=aux, mask=mask,
+                           flops=self.flops(mask, read["count"]),
                            extras=dict(tape_len=read["count"], tape_index=read["index"],
                                        halting=read["halting"].detach()))
+
+    def flops(self, mask: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """mask [B, L], count [B] tape tokens read → [B, L] float64 forward FLOPs per input token.
+
+        Each input token runs every layer attending to the sample's real tokens plus its tape;
+        the tape tokens' own layers are shared out among the sample's input tokens (the
+        compute the sample chose to spend); the reader (≤ max_tape dot products with the bank)
+        and the readout head are added per token."""
+        real = mask.sum(1).to(torch.float64)                                  # [B]
+        extra = 1.0 if self.cls is not None else 0.0                          # the CLS slot
+        keys = real + extra + count.to(torch.float64)
+        per_layer = sum(layer.flops_per_token(keys) for layer in self.layers)  # [B]
+        share = per_layer * (count.to(torch.float64) + extra) / real.clamp(min=1.0)
+        bank = float(self.reader.max_tape) * 2.0 * self.d_model * max(int(mask.shape[1]), 1)
+        per_token = per_layer + share + 2.0 * self.d_model * self.vocab_size + bank / real.clamp(min=1.0)
+        return mask.to(torch.float64) * per_token[:, None]
 
     def loss(self, out: ModelOutput, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Cross-entropy at ``targets != -100`` plus the (already weighted) aux loss."""
@@ -343,9 +364,14 @@ def build_adatape(model_cfg: ModelConfig, policy: Any = None, *, vocab_size: int
     knobs = {**ADATAPE_KNOBS, **extra}
     if knobs["n_layers"] is None:
         knobs["n_layers"] = model_cfg.max_steps
+    from ponder.models.recurrent import block_spec
+
+    spec = block_spec(model_cfg)
+    if spec.router != "none":
+        raise ConfigError("adatape has no core to route (its encoder runs every token): set model.router.kind=none")
     return AdaTape(vocab_size=vocab_size, d_model=model_cfg.d_model, n_heads=model_cfg.n_heads,
                    d_ff=model_cfg.d_ff, positions=model_cfg.positions, max_len=model_cfg.max_len,
-                   norm=model_cfg.norm, dropout=model_cfg.dropout, **knobs)
+                   norm=model_cfg.norm, dropout=model_cfg.dropout, spec=spec, **knobs)
 
 
 register_model("adatape", build_adatape)

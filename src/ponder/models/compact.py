@@ -2,18 +2,17 @@
 
 The reference semantics are those of :class:`ponder.models.engine.Engine` (``dense``); this
 module reproduces them exactly (to fp32 round-off) while doing work proportional to the
-active tokens. Per step n and block b of the step's group:
+active tokens. It contains no block math of its own: every block runs through its row-level
+pieces (``Block.kv_rows`` → ``Block.q_rows`` → attention through the dispatcher,
+:mod:`ponder.models.dispatch` → ``Block.finish``), so any registered FFN / attention kind or
+router runs here unchanged. Per step n and block b of the step's group:
 
 - the rows whose keys/values must be recomputed are gathered (``index_select`` on a
   ``[B·L, D]`` view) into one contiguous buffer, the active tokens first (flattened across
   the batch; they are the queries, so their buffer is a slice); norms, projections and the
-  MLP are plain matrix multiplies on it;
-- the queries attend to their own sequence's keys/values: without autograd, through the
-  compiled unpadded attention of :mod:`ponder.kernels` (one call, the queries stay in their
-  buffer, grouped by sequence); otherwise they are padded per sequence to the largest active
-  count of the step (``[B', H, A_max, hd]``) for one ``scaled_dot_product_attention`` call —
-  two calls for two groups of sequences sorted by active count when that saves enough
-  padding; fully halted sequences are dropped when few are live;
+  FFN are plain matrix multiplies on it;
+- the queries attend to their own sequence's keys/values through the dispatcher (the
+  compiled unpadded kernel without autograd, padded SDPA calls otherwise);
 - keys/values of every token (frozen ones included: state copying) live in a per-block cache
   ``[2, B, H, L, hd]``. A row is recomputed only when its block input changed since the cache
   last saw it (``stale`` rows): for a weight-shared core these are the tokens active at the
@@ -27,7 +26,9 @@ active tokens. Per step n and block b of the step's group:
 
 When nearly every token is active (fraction ≥ ``DENSE_FALLBACK``) the step runs on every row
 without gather, padding or scatter (frozen rows copied back), still filling the
-caches. Measurements and the reasons for the thresholds: ``docs/performance.md``.
+caches. A group with a block router runs :meth:`CompactStepper._routed_step` (per block, the
+router's pick among the active tokens are the queries; keys/values of every row, no cache).
+Measurements and the reasons for the thresholds: ``docs/performance.md``.
 
 Without autograd (``torch.no_grad`` / ``inference_mode``) the caches, the padded query grid
 and the stale masks are updated in place; with autograd every update is out of place so that
@@ -38,29 +39,16 @@ that reads them adds its contribution).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
-from ponder import kernels
+from ponder.models.dispatch import Dispatch, StepIndex
 from ponder.models.layers import AttnContext, Block, Group
 
 # Above this fraction of active tokens a step skips the query gather/scatter (measured:
 # ``ponder bench`` / docs/performance.md).
 DENSE_FALLBACK = 0.95
-# Split the padded attention call in two groups of sequences (sorted by active count) when
-# that saves more than this fraction of the padded query grid.
-GROUP_SAVING = 0.25
-# With one attention call, drop the halted sequences (copy the live ones' keys/values) only
-# when fewer than this fraction of the sequences is live.
-KEEP_ALL = 0.5
-# ... and only when the padded calls are long enough for padding to cost more than a call
-GROUP_MIN_QUERIES = 16
-# Attention of padded query blocks up to this many queries per sequence runs as two matrix
-# multiplies instead of the flash kernel (one thread, two or more threads; inference only).
-SMALL_QUERIES = (2, 16)
 # Compute keys/values of every row in natural order (no gather, no cache write of the active
 # rows) when at least this fraction of the rows needs them anyway. Measured at d_model 128:
 # norm + keys/values ≈ 0.9 µs per row, the scattered cache write + gather ≈ 0.3 µs per row,
@@ -69,53 +57,6 @@ FULL_REFRESH = 0.8
 # Reuse the previous step's input buffer for the state (instead of copying the whole state)
 # when the previous step ran fewer than this fraction of the rows.
 SPARE_MAX = 0.25
-
-
-@dataclass
-class QueryGroup:
-    """Sequences whose active queries share one padded attention call.
-
-    seqs   [G] long | None   sequence ids (None: all B, in order)
-    a_max  int               largest active count among them (the padded query length)
-    slot   [Tg] long         each query's row in the padded ``[G·a_max]`` grid
-    take   [Tg] long | None  which of the step's T query rows these are (None: all, in order)
-    qmask  [G, 1, a_max, L] | [G, 1, 1, L] bool | None   attention mask of the padded queries
-    """
-
-    seqs: Optional[torch.Tensor]
-    a_max: int
-    slot: torch.Tensor
-    take: Optional[torch.Tensor]
-    qmask: Optional[torch.Tensor]
-
-
-@dataclass
-class StepIndex:
-    """Where the active tokens of one step are; built once per step, shared by its blocks.
-
-    rows    [T] long     flat indices (b·L + l) of the active tokens, sorted
-    dense   bool         every row of the batch is a query (no gather, no padding)
-    groups  list[QueryGroup]  padded attention calls (empty when dense)
-    order   [T] long | None   undoes the concatenation of the groups' outputs (None: 1 group)
-    qmask   mask of the dense step (None: nothing to mask)
-    alive   [B] bool     sequences with an active token
-    starts  [B + 1] long | None  offsets of each sequence's queries among the rows, when the
-                         compiled unpadded attention runs (then ``groups`` is empty)
-    pos     [T] long | None      the queries' positions (causal unpadded attention)
-    """
-
-    rows: torch.Tensor
-    dense: bool
-    groups: list
-    order: Optional[torch.Tensor]
-    qmask: Optional[torch.Tensor]
-    alive: torch.Tensor
-    starts: Optional[torch.Tensor] = None
-    pos: Optional[torch.Tensor] = None
-
-
-def _needs_mask(ctx: AttnContext) -> bool:
-    return ctx.causal or not bool(ctx.key_mask.all())
 
 
 def _sole_owner(t: torch.Tensor) -> bool:
@@ -127,84 +68,6 @@ def _sole_owner(t: torch.Tensor) -> bool:
         return False
     # one reference from t, one from the temporary storage object made to ask
     return use_count(t.untyped_storage()._cdata) <= 2
-
-
-def build_index(active: torch.Tensor, ctx: AttnContext, *, dense: bool,
-                needs_mask: Optional[bool] = None, varlen: bool = False) -> StepIndex:
-    """active [B, L] bool → the step's :class:`StepIndex`. ``varlen``: the step's attention
-    runs the compiled unpadded kernel (only the query offsets are needed, no padded calls)."""
-    B, L = active.shape
-    if needs_mask is None:
-        needs_mask = _needs_mask(ctx)
-    flat = active.reshape(-1)
-    counts = active.sum(1)
-    alive = counts > 0
-    if dense:
-        rows = torch.arange(B * L, device=active.device)
-        qmask = ctx.attn_mask if needs_mask else None
-        starts = torch.arange(0, B * L + 1, L, device=active.device) if varlen else None
-        # (pads are queries here; their outputs are never kept)
-        return StepIndex(rows=rows, dense=True, groups=[], order=None, qmask=qmask, alive=alive,
-                         starts=starts, pos=rows % L if varlen and ctx.causal else None)
-    rows = flat.nonzero().view(-1)
-    if varlen:
-        starts = torch.zeros(B + 1, dtype=torch.long, device=active.device)
-        torch.cumsum(counts, 0, out=starts[1:])
-        return StepIndex(rows=rows, dense=False, groups=[], order=None, qmask=None, alive=alive,
-                         starts=starts, pos=rows % L if ctx.causal else None)
-    seq = torch.div(rows, L, rounding_mode="floor")
-    # rank of each active token among its sequence's active tokens
-    rank = (active.cumsum(1) - 1).view(-1).index_select(0, rows)
-    # sequences by active count, largest first (stable: ties keep batch order); the halted
-    # ones sort last
-    by_count, ranked = torch.sort(counts, descending=True, stable=True)
-    n_live = int(alive.sum())
-    a_top = int(by_count[0])
-    parts = None
-    if a_top >= GROUP_MIN_QUERIES and n_live > 1:
-        # best split of the count-sorted live sequences into two padded calls: the first k
-        # padded to a_top, the rest to the (k+1)-th largest count
-        k = torch.arange(1, n_live, device=active.device)
-        cost = k * a_top + (n_live - k) * by_count[1:n_live]
-        best = int(cost.argmin())  # the first minimum
-        if int(cost[best]) < (1 - GROUP_SAVING) * n_live * a_top:
-            parts = [(ranked[:best + 1].sort().values, a_top),
-                     (ranked[best + 1:n_live].sort().values, int(by_count[best + 1]))]
-    if parts is None:
-        parts = [(None if n_live >= KEEP_ALL * B else alive.nonzero().view(-1), a_top)]
-    groups = []
-    takes = []
-    for seqs, a_max in parts:
-        if seqs is None:
-            # attend over the whole cache: cheaper than copying the live sequences' keys and
-            # values when most are live (halted sequences get padded queries, never read)
-            n_seqs, take, slot_seq = B, None, seq
-        else:
-            n_seqs = seqs.numel()
-            new_id = torch.full((B,), -1, dtype=torch.long, device=active.device)
-            new_id[seqs] = torch.arange(n_seqs, device=active.device)
-            if len(parts) == 1:
-                take, slot_seq = None, new_id.index_select(0, seq)
-            else:
-                take = (new_id.index_select(0, seq) >= 0).nonzero().view(-1)
-                slot_seq = new_id.index_select(0, seq.index_select(0, take))
-                takes.append(take)
-        slot = slot_seq * a_max + (rank if take is None else rank.index_select(0, take))
-        if ctx.causal:
-            # each query keeps its own row of the dense mask; padded query rows see every key
-            # (never all-masked, so no NaN reaches the backward pass)
-            g_rows = rows if take is None else rows.index_select(0, take)
-            grid = torch.ones(n_seqs * a_max, L, dtype=torch.bool, device=active.device)
-            grid.index_copy_(0, slot, ctx.attn_mask.reshape(B * L, L).index_select(0, g_rows))
-            qmask = grid.view(n_seqs, 1, a_max, L)
-        elif needs_mask:
-            km = ctx.key_mask if seqs is None else ctx.key_mask.index_select(0, seqs)
-            qmask = km[:, None, None, :]
-        else:
-            qmask = None
-        groups.append(QueryGroup(seqs=seqs, a_max=a_max, slot=slot, take=take, qmask=qmask))
-    order = torch.argsort(torch.cat(takes)) if takes else None
-    return StepIndex(rows=rows, dense=False, groups=groups, order=order, qmask=None, alive=alive)
 
 
 class CompactStepper:
@@ -232,18 +95,14 @@ class CompactStepper:
         self.stale: dict[int, torch.Tensor] = {}
         self.inplace = not torch.is_grad_enabled()
         self.n_real = int(mask.sum())
-        self.heads = core(1).blocks[0].attn.n_heads
+        self.mask = mask
+        first = core(1).blocks[0]
+        self.heads = first.attn.n_heads
         self.scratch: list[torch.Tensor] = []   # caches reused across layers (no autograd, unshared)
-        self.grid: Optional[torch.Tensor] = None  # padded query buffer (no autograd)
-        self.needs_mask = _needs_mask(ctx)
-        self.small_queries = SMALL_QUERIES[0] if torch.get_num_threads() < 2 else SMALL_QUERIES[1]
-        # compiled kernels (ponder.kernels): without autograd, float32 on the CPU; the unpadded
-        # attention also needs a supported head size and no dropout
-        attn = core(1).blocks[0].attn
-        self.kernels = (self.inplace and mask.device.type == "cpu"
-                        and attn.q.weight.dtype == torch.float32 and kernels.load())
-        self.varlen = self.kernels and attn.head_dim in kernels.HEAD_DIMS and attn.dropout == 0.0
-        self.key_mask = ctx.key_mask if self.needs_mask and not bool(ctx.key_mask.all()) else None
+        dtype = next(first.parameters()).dtype
+        # the attention backend (compiled kernels without autograd; see ponder.models.dispatch)
+        self.dispatch = Dispatch(ctx=ctx, attn=first.attn, dtype=dtype, device=mask.device)
+        self.kernels = self.dispatch.kernels
         # state buffers reused across steps without autograd (see _state_buffer)
         self._last_out: Optional[torch.Tensor] = None
         self._spare: Optional[torch.Tensor] = None
@@ -275,10 +134,11 @@ class CompactStepper:
         n_active = int(active.sum())
         if n_active == 0:
             return h
-        dense = n_active >= self.dense_fallback * self.n_real
-        index = build_index(active, self.ctx, dense=dense, needs_mask=self.needs_mask,
-                            varlen=self.varlen)
         group = self.core(n)
+        if any(block.router is not None for block in group.blocks):
+            return self._routed_step(n, h, active, group)
+        dense = n_active >= self.dense_fallback * self.n_real
+        index = self.dispatch.index(active, dense=dense)
         caches, stale = self._caches(group, h)
         h_flat = h.reshape(B * L, D)
         act_flat = active.reshape(-1)
@@ -312,15 +172,24 @@ class CompactStepper:
                     x_r[:n_active] += e
                 else:
                     x_r = torch.cat([x_r[:n_active] + e, x_r[n_active:]])
-        rope_pos = None if self.ctx.rope is None else (
-            torch.arange(B * L, device=h.device) % L if refresh is None else refresh % L)
+        queries = None if dense else index.rows
+        rope = rope_q = None
+        if self.ctx.rope is not None:
+            rope = self.ctx.rope_rows(self.ctx.positions(B * L) if refresh is None else refresh % L)
+            # the query rows' tables: a selection of every row's, or the first rows' (queries
+            # first among the refreshed rows)
+            if queries is not None and refresh is None:
+                rope_q = tuple(t.index_select(0, queries) for t in rope)
+            else:
+                rope_q = tuple(t[:n_active] for t in rope)
         # cache rows written: the frozen ones (``keep``) when keys/values of every row are
         # computed, else every refreshed row (``keep`` is among them)
-        rows = {"refresh": refresh, "queries": None if dense else index.rows, "keep": keep,
-                "pos": rope_pos}
+        rows = {"refresh": refresh, "queries": queries, "keep": keep, "rope": rope,
+                "rope_q": rope_q}
         blocks = list(group.blocks)
         frozen = None
         for i, block in enumerate(blocks):
+            self.ctx.count_block(block, active)
             out = self._block(block, x_r, n_active, rows, index, caches, i)
             if dense:
                 if not every:
@@ -437,25 +306,16 @@ class CompactStepper:
 
     def _block(self, block: Block, x_r: torch.Tensor, n_q: int, rows: dict, index: StepIndex,
                caches: list[torch.Tensor], i: int) -> torch.Tensor:
-        """One pre-norm block of a step.
+        """One block of a step, from the block's row-level pieces.
 
         x_r [R, D]  block input of the rows whose keys/values are computed: every row in
                     natural order (R = B·L; ``rows["refresh"]`` None), or the gathered
                     refreshed rows with the n_q queries first
         → the block output of the query rows [n_q, D] (every row when the step is dense)
         """
-        attn = block.attn
         B, L = self.B, self.L
-        D = x_r.shape[-1]
-        H, hd = attn.n_heads, attn.head_dim
-        y_r = block.norm1(x_r)
-        kv_r = attn.kv(y_r)
-        rope = self.ctx.rope
-        if rope is not None:
-            cos, sin = rope
-            cos_r, sin_r = cos.index_select(0, rows["pos"]), sin.index_select(0, rows["pos"])
-            k_r = _rotate(kv_r[:, :D].reshape(-1, H, hd), cos_r[:, None], sin_r[:, None])
-            kv_r = torch.cat([k_r.reshape(-1, D), kv_r[:, D:]], dim=1)
+        H, hd = block.attn.n_heads, block.attn.head_dim
+        y_r, kv_r = block.kv_rows(x_r, rows["rope"])
         queries = rows["queries"]
         if rows["refresh"] is None:
             # keys/values of every row, in natural order: attention reads them as they are
@@ -471,57 +331,60 @@ class CompactStepper:
             caches[i] = self._write(caches[i], rows["refresh"], kv_r)
             kv = caches[i]
             x_q, y_q = x_r[:n_q], y_r[:n_q]
-        q = attn.q(y_q)
-        if rope is not None:
-            if queries is not None and rows["refresh"] is None:
-                cos_q, sin_q = cos_r.index_select(0, queries), sin_r.index_select(0, queries)
-            else:
-                cos_q, sin_q = cos_r[:q.shape[0]], sin_r[:q.shape[0]]
-            q = _rotate(q.view(-1, H, hd), cos_q[:, None], sin_q[:, None]).reshape(-1, D)
-        p = attn.dropout if attn.training else 0.0
-        if index.starts is not None:
-            y = kernels.varlen_attention(q.contiguous(), kv[0], kv[1], index.starts, pos=index.pos,
-                                         key_mask=self.key_mask)
-        elif index.dense:
-            qg = q.view(B, L, H, hd).transpose(1, 2)
-            y = F.scaled_dot_product_attention(qg, kv[0], kv[1], attn_mask=index.qmask, dropout_p=p)
-            y = y.transpose(1, 2).reshape(-1, D)
-        else:
-            parts = []
-            for g in index.groups:
-                kv_g = kv if g.seqs is None else kv.index_select(1, g.seqs)
-                G = kv_g.shape[1]
-                q_g = q if g.take is None else q.index_select(0, g.take)
-                if self.inplace:
-                    # a buffer allocated (zeroed) once per forward: padded rows hold stale
-                    # finite queries whose outputs are never read
-                    if self.grid is None:
-                        self.grid = q.new_zeros(B * L, D)
-                    grid = self.grid[:G * g.a_max].index_copy_(0, g.slot, q_g)
-                else:
-                    grid = q.new_zeros(G * g.a_max, D).index_copy(0, g.slot, q_g)
-                qg = grid.view(G, g.a_max, H, hd).transpose(1, 2)
-                y = self._attend(qg, kv_g[0], kv_g[1], g.qmask, p)
-                parts.append(y.transpose(1, 2).reshape(-1, D).index_select(0, g.slot))
-            y = parts[0] if index.order is None else torch.cat(parts).index_select(0, index.order)
-        x_q = x_q + block.drop(attn.o(y))
-        return x_q + block.mlp(block.norm2(x_q))
+        q = block.q_rows(y_q, rows["rope_q"] if queries is not None or rows["refresh"] is not None
+                         else rows["rope"])
+        p = block.attn.dropout if block.attn.training else 0.0
+        a = self.dispatch.attend(q, kv, index, p)
+        return block.finish(x_q, a, self.ctx, queries)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                mask: Optional[torch.Tensor], p: float) -> torch.Tensor:
-        """q [G, H, a, hd], k/v [G, H, L, hd], mask broadcastable to [G, 1, a, L] → [G, H, a, hd].
-
-        With a few queries per sequence the CPU flash kernel's fixed cost per (sequence, head)
-        dominates and it barely uses a second thread; two matrix multiplies and a softmax are
-        then faster (measured: docs/performance.md). Only without autograd: a padded query
-        row whose keys are all masked gives NaN here, harmless when nobody reads that row, but
-        a backward pass would carry it into the gradients."""
-        if not self.inplace or p > 0.0 or q.shape[2] > self.small_queries:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        return torch.matmul(scores.softmax(-1), v)
+    def _routed_step(self, n: int, h: torch.Tensor, active: torch.Tensor,
+                     group: Group) -> torch.Tensor:
+        """A step whose group has routed blocks: per block the router picks, among the active
+        tokens, the ones that enter; only they are queries and run the FFN. Keys/values of
+        every row are computed per block (a routed block's rows change unevenly, so no cache
+        is kept); keys are every token (state copying) or, for ``keys="routed"`` routers, the
+        entering ones only — as the dense reference (``Engine.run_step``)."""
+        B, L = self.B, self.L
+        D = h.shape[-1]
+        act_flat = active.reshape(-1)
+        x = h.reshape(B * L, D)
+        e = self.step_embedding(n) if self.step_embedding is not None else None
+        if e is not None:
+            x = torch.addcmul(x, act_flat[:, None].to(h.dtype), e)
+        rope = self.ctx.rope_rows(self.ctx.positions(B * L))
+        for block in group.blocks:
+            route = None
+            enter, ctx, dispatch = active, self.ctx, self.dispatch
+            if block.router is not None:
+                route = block.router(x.view(B, L, D), active, self.ctx)
+                enter = route.enter & active
+                if block.router.keys == "routed":
+                    ctx = self.ctx.keys_of(enter)
+                    dispatch = Dispatch(ctx=ctx, attn=block.attn, dtype=h.dtype, device=h.device)
+            self.ctx.count_block(block, enter, ctx)
+            if not bool(enter.any()):
+                continue
+            index = dispatch.index(enter, dense=False)
+            y, kv_r = block.kv_rows(x, rope)
+            H, hd = block.attn.n_heads, block.attn.head_dim
+            kv = kv_r.view(B, L, 2, H, hd).permute(2, 0, 3, 1, 4)
+            q_rows = index.rows
+            rope_q = None if rope is None else tuple(t.index_select(0, q_rows) for t in rope)
+            q = block.q_rows(y.index_select(0, q_rows), rope_q)
+            p = block.attn.dropout if block.attn.training else 0.0
+            x_q = x.index_select(0, q_rows)
+            out = block.finish(x_q, dispatch.attend(q, kv, index, p), ctx, q_rows)
+            if route is not None and route.weight is not None:
+                w = route.weight.reshape(-1).index_select(0, q_rows)[:, None]
+                out = x_q + w * (out - x_q)
+            x = x.index_copy(0, q_rows, out)
+        if self.shared:
+            # the cache never saw these rows' new states
+            self.stale.pop(id(group), None)
+            self.caches.pop(id(group), None)
+        out_state = x.view(B, L, D)
+        self._remember(h, out_state, None)
+        return out_state
 
     def _write(self, cache: torch.Tensor, tokens: torch.Tensor, kv: torch.Tensor,
                src: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -538,10 +401,3 @@ class CompactStepper:
             return cache
         return cache.reshape(-1, hd).index_copy(0, rows, kv.reshape(-1, hd)).view(cache.shape)
 
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [R, H, hd] rotated by per-row angles cos/sin [R, 1, hd/2] (as ``layers.apply_rotary``)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)

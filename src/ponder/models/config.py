@@ -14,7 +14,7 @@ losses ...) plus its auxiliary loss; the trainer never knows which policy runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -49,6 +49,27 @@ class AdaTapeConfig:
 
 
 @dataclass
+class KindConfig:
+    """A kind from one of the block registries (``ponder ffn list``, ``ponder attention list``)
+    and its knobs (checked against the kind's ``Knobs`` when the model is built)."""
+
+    kind: str
+    knobs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RouterConfig:
+    """The block router of the core (``ponder router list``); ``none``: every token enters
+    every block. ``every``: a router on every k-th core block (counted over the stacked
+    layers' blocks, or over the shared core group's blocks), e.g. 2 for Mixture-of-Depths'
+    every other block."""
+
+    kind: str = "none"
+    knobs: Dict[str, Any] = field(default_factory=dict)
+    every: int = 1
+
+
+@dataclass
 class ModelConfig:
     kind: str = "recurrent"        # recurrent (shared core, up to max_steps) | stacked (distinct layers)
     d_model: int = 64
@@ -66,6 +87,9 @@ class ModelConfig:
     token_parts: bool = False      # also embed compound tokens' parts ("8>13" → 0:8, 1:13)
     dropout: float = 0.0
     execution: str = "auto"        # auto (compact in eval, dense in training) | dense (reference) | compact
+    ffn: KindConfig = field(default_factory=lambda: KindConfig(kind="dense"))             # every block's FFN
+    attention: KindConfig = field(default_factory=lambda: KindConfig(kind="standard"))    # every block's attention
+    router: RouterConfig = field(default_factory=RouterConfig)                           # core blocks only
     adatape: AdaTapeConfig = field(default_factory=AdaTapeConfig)  # kind=adatape only
 
 
@@ -82,6 +106,11 @@ class ModelOutput:
                                 eval; in training expected-loss policies run all N steps), or None
     mask         [B, L] bool    real (non-pad) tokens of the input, or None
     extras       dict           model-specific tensors (e.g. ``expected_steps`` [B, L])
+    aux_terms    dict           name → scalar: the auxiliary losses the block kinds emitted
+                                (load balance, z-loss, ...), already weighted; ``model.loss``
+                                adds them to the objective and reports each
+    flops        [B, L] float64 forward FLOPs each token used (blocks entered with the keys
+                                it saw, experts evaluated, its share of tape tokens), or None
     """
 
     logits: torch.Tensor
@@ -92,3 +121,5 @@ class ModelOutput:
     extras: dict = field(default_factory=dict)
     halt_step: Optional[torch.Tensor] = None
     mask: Optional[torch.Tensor] = None
+    aux_terms: dict = field(default_factory=dict)
+    flops: Optional[torch.Tensor] = None

@@ -12,8 +12,12 @@ Semantics of step n (the reference the compacted mode must reproduce exactly):
     x = h + e_n            for active tokens (e_n the step embedding, if any);
                            frozen tokens show exactly their frozen state
     for each block b of the step's group:
-        x[active] = b(x)[active]      queries: active tokens; keys/values: every token's
-                                      current x (frozen ones included); MLP: active only
+        enter = active                (a block router, if the block has one, picks a
+                                      subset: enter = router(x, active).enter & active)
+        x[enter] = b(x)[enter]        queries: entering tokens; keys/values: every token's
+                                      current x (frozen ones included; only the entering
+                                      ones for a router with keys="routed"); FFN: entering
+                                      only; a router weight w gives x + w·(b(x) − x)
     then the policy sees x as ``view.h`` and decides who halts.
 
 WHERE COMPACTION PLUGS IN: the loop below calls one *stepper* per step,
@@ -77,11 +81,22 @@ class Engine:
     # -- the one place a block runs ---------------------------------------------------------
     def apply_block(self, block: Block, x: torch.Tensor, active: torch.Tensor,
                     ctx: AttnContext) -> torch.Tensor:
-        """x [B, L, D] → x with the active rows replaced by the block's output.
+        """x [B, L, D] → x with the entering rows replaced by the block's output.
 
-        Dense reference: compute every row, keep the active ones. (Compaction goes here.)
+        Dense reference: compute every row, keep the entering ones (the active tokens, or
+        the router's pick among them).
         """
-        return torch.where(active[..., None], block(x, ctx), x)
+        if block.router is None:
+            ctx.count_block(block, active)
+            return torch.where(active[..., None], block(x, ctx), x)
+        route = block.router(x, active, ctx)
+        enter = route.enter & active
+        keys = ctx.keys_of(enter) if block.router.keys == "routed" else ctx
+        ctx.count_block(block, enter, keys)
+        y = block(x, keys)
+        if route.weight is not None:
+            y = x + route.weight[..., None] * (y - x)
+        return torch.where(enter[..., None], y, x)
 
     def run_step(self, n: int, h: torch.Tensor, active: torch.Tensor,
                  ctx: AttnContext) -> torch.Tensor:

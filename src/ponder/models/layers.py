@@ -1,27 +1,38 @@
-"""Transformer building blocks: norms, positions, pre-norm attention block, MLP, readout head.
+"""Transformer building blocks, written once: norms, positions, the pre-norm block, readout.
 
-Every block works on ``h [B, L, D]`` with an :class:`AttnContext` built once per forward
-(key mask, causal flag, rotary tables), so the engine can apply any block at any step.
+This file plus :mod:`ponder.models.engine` is the plain-PyTorch reference of every model:
+read top to bottom, it is the whole computation. Faster execution (the compacted stepper,
+the compiled kernels) builds from the same modules through their row-level pieces:
+
+- an **attention kind** gives ``queries`` / ``keys_values`` / ``out`` of chosen rows
+  (:class:`AttentionKind`); how queries meet keys is chosen by ONE dispatcher outside it
+  (:mod:`ponder.models.dispatch`: SDPA, padded groups, the compiled unpadded kernel);
+- an **FFN kind** maps rows to rows (:class:`FFN`);
+- a **block router** picks which tokens enter a block (:class:`Router`);
+- a :class:`Block` is ``kv_rows`` → (attention) → ``finish``; its ``forward`` is the
+  reference on ``[B, L, D]``.
+
+Kinds live in registries (:mod:`ponder.models.kinds`); today's attention is ``standard``
+and today's MLP is ``dense``. Auxiliary losses, routing statistics and FLOPs per token travel
+in the per-forward :class:`AttnContext`, never as module state.
+
 Initialisation is PyTorch's default on purpose: N(0, 0.02) left ``list_rank`` stuck on a
 saddle (reference/measured.md).
-
-The attention module is split into ``queries`` / ``keys_values`` / ``attend`` / ``out`` so a
-compacted execution (queries from the active tokens only, keys/values from every token of the
-sequence) can reuse the same weights without re-implementing them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ponder import kernels
 from ponder.errors import ConfigError
+from ponder.models.kinds import ATTENTIONS, FFNS, ROUTERS, NoKnobs
 
 
 class RMSNorm(nn.Module):
@@ -47,19 +58,31 @@ def make_norm(kind: str, d_model: int) -> nn.Module:
 
 @dataclass
 class AttnContext:
-    """What every attention call of one forward pass shares.
+    """The per-forward context: what every block call of one forward pass shares.
 
-    attn_mask  [B, 1, L, L] bool  True where query i may attend to key j (padding, causality;
-                                  a token may always attend to itself so no row is empty)
+    attn_mask  [B, 1, L, L] bool | None  True where query i may attend to key j (padding,
+                                  causality; a token may always attend to itself so no row is
+                                  empty); None: nothing to mask
     key_mask   [B, L] bool        True at real tokens
     causal     bool
     rope       (cos, sin) each [L, head_dim/2], or None without rotary positions
+    aux        name → summed auxiliary loss (load balance, z-loss, ...) emitted by the kinds
+               inside the blocks during this forward; ``model.loss`` adds them
+    stats      name → list of floats (routing statistics), averaged into ``model.loss``'s stats
+    flops      [B, L] float | None  forward FLOPs each token used so far (the engine and the
+               model count them: blocks entered, keys attended, experts evaluated)
+
+    Aux terms and statistics live here, never as module state, so a module can be applied
+    any number of times per forward (every step of a shared core) and in any execution mode.
     """
 
-    attn_mask: torch.Tensor
+    attn_mask: Optional[torch.Tensor]
     key_mask: torch.Tensor
     causal: bool
     rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    aux: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+    flops: Optional[torch.Tensor] = None
 
     @staticmethod
     def build(mask: torch.Tensor, *, causal: bool, rope: "Optional[Rotary]" = None) -> "AttnContext":
@@ -72,6 +95,53 @@ class AttnContext:
             allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()
         tables = rope.tables(L, mask.device) if rope is not None else None
         return AttnContext(attn_mask=allowed, key_mask=mask, causal=causal, rope=tables)
+
+    def add_aux(self, name: str, value: torch.Tensor) -> None:
+        """Add a (weighted, scalar) auxiliary loss term; terms of one name are summed."""
+        self.aux[name] = self.aux[name] + value if name in self.aux else value
+
+    def add_stat(self, name: str, value: float) -> None:
+        self.stats.setdefault(name, []).append(float(value))
+
+    def count_flops(self, tokens: torch.Tensor, per_token: torch.Tensor | float) -> None:
+        """tokens [B, L] bool (or float weights): add ``per_token`` FLOPs ([B, L] or scalar)."""
+        if self.flops is not None:
+            self.flops += tokens.to(self.flops.dtype) * per_token
+
+    def count_block(self, block: "Block", enter: torch.Tensor,
+                    keys: "Optional[AttnContext]" = None) -> None:
+        """Count the FLOPs of the tokens ``enter [B, L]`` running ``block`` with the keys of
+        ``keys`` (default: this context) visible: every real token of the sequence, or the
+        ones up to the query's position when causal."""
+        if self.flops is None:
+            return
+        km = (keys or self).key_mask
+        n_keys = km.cumsum(1) if self.causal else km.sum(1, keepdim=True).expand_as(km)
+        self.count_flops(enter, block.flops_per_token(n_keys.clamp(min=1).to(self.flops.dtype)))
+
+    def keys_of(self, visible: torch.Tensor) -> "AttnContext":
+        """The same context with only ``visible [B, L]`` tokens as keys (each token still sees
+        itself); the accumulators are shared."""
+        B, L = visible.shape
+        keys = self.key_mask & visible
+        mask = keys[:, None, None, :] | torch.eye(L, dtype=torch.bool, device=visible.device)
+        if self.attn_mask is not None:
+            mask = mask & self.attn_mask
+        elif self.causal:  # pragma: no cover - a causal context always has its mask
+            mask = mask & torch.ones(L, L, dtype=torch.bool, device=visible.device).tril()
+        return dataclasses.replace(self, attn_mask=mask, key_mask=keys)
+
+    def rope_rows(self, pos: Optional[torch.Tensor]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """The rotary tables of rows at positions ``pos [R]`` (each [R, hd/2]), or None."""
+        if self.rope is None:
+            return None
+        cos, sin = self.rope
+        return cos.index_select(0, pos), sin.index_select(0, pos)
+
+    def positions(self, n_rows: int) -> torch.Tensor:
+        """Positions of the rows of a flat ``[B·L]`` view in natural order."""
+        L = self.key_mask.shape[1]
+        return torch.arange(n_rows, device=self.key_mask.device) % L
 
 
 class Rotary(nn.Module):
@@ -92,18 +162,58 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, L, hd] with cos/sin [L, hd/2] → rotated x (pairs are (first half, second half))."""
+    """x [..., hd] rotated by cos/sin broadcastable to [..., hd/2] (pairs are (first half,
+    second half)): x [B, H, L, hd] with tables [L, hd/2], or rows x [R, H, hd] with [R, 1, hd/2]."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (at inference,
-    when possible, through the compiled kernel of :mod:`ponder.kernels`; see ``compiled_ok``)."""
+# -- what lives inside a block: the contracts of the three registries ----------------------
+class AttentionKind(nn.Module):
+    """Contract of an attention kind (registry ``ATTENTIONS``), at the level of rows.
 
-    def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+    Every execution mode builds attention from these three projections; *how* queries meet
+    keys (SDPA, padded groups, the compiled unpadded kernel) is chosen outside, by
+    :mod:`ponder.models.dispatch` (this class's ``forward`` is the plain-PyTorch reference).
+
+        queries(y [R, D], rope)      → [R, H, hd]   (rotated when ``rope`` rows are given)
+        keys_values(y [R, D], rope)  → [R, 2·D]     keys' heads then values' heads, keys rotated
+        out(a [R, D])                → [R, D]       a: the heads' attention outputs, concatenated
+        flops_per_token(n_keys)      forward FLOPs of one query row attending to n_keys keys
+    """
+
+    name: ClassVar[str] = ""
+    causal: ClassVar[bool] = True
+    paper: ClassVar[str] = ""
+    Knobs: ClassVar[type] = NoKnobs
+    n_heads: int
+    head_dim: int
+    dropout: float
+
+    def forward(self, y: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        """Reference: y [B, L, D] (normed) → [B, L, D], every token a query."""
+        B, L, D = y.shape
+        H, hd = self.n_heads, self.head_dim
+        rows = y.reshape(B * L, D)
+        rope = ctx.rope_rows(ctx.positions(B * L))
+        q = self.queries(rows, rope).view(B, L, H, hd).transpose(1, 2)
+        kv = self.keys_values(rows, rope).view(B, L, 2, H, hd)
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+        p = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask, dropout_p=p)
+        return self.out(a.transpose(1, 2).reshape(B * L, D)).view(B, L, D)
+
+
+@ATTENTIONS.register
+class Attention(AttentionKind):
+    """Multi-head self-attention (``standard``): one query, key, value and output projection."""
+
+    name = "standard"
+    paper = "Vaswani et al. 2017, Attention Is All You Need"
+
+    def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0, knobs: Any = None) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ConfigError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
@@ -114,107 +224,198 @@ class Attention(nn.Module):
         self.o = nn.Linear(d_model, d_model)
         self.dropout = dropout
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, _ = x.shape
-        return x.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+    def queries(self, y: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        q = self.q(y).view(-1, self.n_heads, self.head_dim)
+        return q if rope is None else apply_rotary(q, rope[0][:, None], rope[1][:, None])
 
-    def queries(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
-        """x [B, L, D] (normed) → q [B, H, L, hd], rotated when the context has rotary tables."""
-        q = self._heads(self.q(x))
-        if ctx.rope is not None:
-            q = apply_rotary(q, *ctx.rope)
-        return q
+    def keys_values(self, y: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        kv = self.kv(y)
+        if rope is None:
+            return kv
+        D = kv.shape[-1] // 2
+        k = apply_rotary(kv[:, :D].reshape(-1, self.n_heads, self.head_dim),
+                         rope[0][:, None], rope[1][:, None])
+        return torch.cat([k.reshape(-1, D), kv[:, D:]], dim=1)
 
-    def keys_values(self, x: torch.Tensor, ctx: AttnContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, L, D] (normed) → (k, v), each [B, H, L, hd]."""
-        k, v = self.kv(x).chunk(2, dim=-1)
-        k, v = self._heads(k), self._heads(v)
-        if ctx.rope is not None:
-            k = apply_rotary(k, *ctx.rope)
-        return k, v
+    def out(self, a: torch.Tensor) -> torch.Tensor:
+        return self.o(a)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               attn_mask: torch.Tensor) -> torch.Tensor:
-        """q [B, H, Lq, hd], k/v [B, H, Lk, hd], attn_mask [B, 1, Lq, Lk] bool → [B, Lq, D]."""
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
-        B, H, Lq, hd = y.shape
-        return self.o(y.transpose(1, 2).reshape(B, Lq, H * hd))
-
-    def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
-        """x [B, L, D] (normed) → [B, L, D]."""
-        k, v = self.keys_values(x, ctx)
-        if self.compiled_ok(x, ctx):
-            return self._attend_compiled(x, k, v, ctx)
-        return self.attend(self.queries(x, ctx), k, v, ctx.attn_mask)
-
-    def compiled_ok(self, x: torch.Tensor, ctx: AttnContext) -> bool:
-        """Whether this call may run the compiled attention of :mod:`ponder.kernels`: without
-        autograd or dropout, float32 on the CPU, a supported head size, no padded tokens (a pad
-        query's row of the mask differs; only causality or nothing to mask). The compacted steps
-        use the same kernel, so full-depth and compacted runs compare kernel for kernel."""
-        return (not torch.is_grad_enabled() and (self.dropout == 0.0 or not self.training)
-                and x.dtype == torch.float32 and x.device.type == "cpu"
-                and self.head_dim in kernels.HEAD_DIMS and kernels.load()
-                and (ctx.attn_mask is None or bool(ctx.key_mask.all())))
-
-    def _attend_compiled(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                         ctx: AttnContext) -> torch.Tensor:
-        """x [B, L, D], k/v [B, H, L, hd] → [B, L, D]; every token a query of its sequence."""
-        B, L, D = x.shape
-        q = self.queries(x, ctx).transpose(1, 2)  # [B, L, H, hd]: the rows the kernel takes
-        starts = torch.arange(0, B * L + 1, L, device=x.device)
-        pos = torch.arange(B * L, device=x.device) % L if ctx.causal else None
-        y = kernels.varlen_attention(q.reshape(B * L, D).contiguous(), k, v, starts, pos=pos)
-        return self.o(y.view(B, L, D))
+    def flops_per_token(self, n_keys: torch.Tensor | float) -> torch.Tensor | float:
+        D = self.n_heads * self.head_dim
+        # Q, K, V, O projections (2 FLOPs per multiply-add) + scores and weighted sum
+        return 8.0 * D * D + 4.0 * D * n_keys
 
 
-class MLP(nn.Module):
-    """Position-wise feed-forward: Linear → GELU → Linear."""
+class FFN(nn.Module):
+    """Contract of an FFN kind (registry ``FFNS``): position-wise, on rows.
 
-    def __init__(self, *, d_model: int, d_ff: int, dropout: float = 0.0) -> None:
+        forward(x [R, D] (normed), ctx, rows [R] long | None) → [R, D]
+        flops_per_token()  forward FLOPs per row
+
+    ``rows``: the rows' flat token indices ``b·L + l`` in the batch (None: all ``B·L`` tokens
+    in natural order), for kinds that need to know which sequence a row belongs to. A kind
+    with auxiliary losses adds them with ``ctx.add_aux`` (never as module state).
+    """
+
+    name: ClassVar[str] = ""
+    causal: ClassVar[bool] = True
+    paper: ClassVar[str] = ""
+    Knobs: ClassVar[type] = NoKnobs
+
+
+@FFNS.register
+class MLP(FFN):
+    """Position-wise feed-forward (``dense``): Linear → GELU → Linear."""
+
+    name = "dense"
+    paper = "Vaswani et al. 2017, Attention Is All You Need"
+
+    def __init__(self, *, d_model: int, d_ff: int, dropout: float = 0.0, knobs: Any = None) -> None:
         super().__init__()
         self.up = nn.Linear(d_model, d_ff)
         self.down = nn.Linear(d_ff, d_model)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., D] → [..., D] (works on a flat [T, D] buffer of gathered tokens too)."""
+    def forward(self, x: torch.Tensor, ctx: Optional[AttnContext] = None,
+                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [..., D] → [..., D]."""
         return self.drop(self.down(F.gelu(self.up(x))))
+
+    def flops_per_token(self) -> float:
+        return 4.0 * self.up.in_features * self.up.out_features
+
+
+@dataclass
+class Route:
+    """A router's decision for one block: which tokens enter it and with what weight.
+
+    enter   [B, L] bool          tokens that run the block (a subset of the candidates)
+    weight  [B, L] float | None  the entering tokens' update is scaled by it (the router on
+                                 the gradient path: x + w·(block(x) − x)); None = 1
+    """
+
+    enter: torch.Tensor
+    weight: Optional[torch.Tensor] = None
+
+
+class Router(nn.Module):
+    """Contract of a block router (registry ``ROUTERS``): per block, which tokens enter.
+
+        forward(x [B, L, D] block input, candidates [B, L] bool, ctx) → :class:`Route`
+
+    ``candidates``: the tokens still running (the policy's active ones). ``keys``: which
+    tokens the block's attention sees as keys — ``"all"`` (every real token, the ones that do
+    not enter at their current state: state copying) or ``"routed"`` (the entering tokens
+    only, as in Mixture-of-Depths). The tokens that do not enter pass the block unchanged.
+    """
+
+    name: ClassVar[str] = ""
+    causal: ClassVar[bool] = True
+    paper: ClassVar[str] = ""
+    Knobs: ClassVar[type] = NoKnobs
+    keys: ClassVar[str] = "all"
+
+    def flops_per_token(self) -> float:
+        return 0.0
+
+
+# -- the block --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BlockSpec:
+    """How to build a block: sizes and the kinds (with validated knobs) inside it."""
+
+    d_model: int
+    n_heads: int
+    d_ff: int
+    norm: str = "rmsnorm"
+    dropout: float = 0.0
+    ffn: str = "dense"
+    ffn_knobs: Any = None
+    attention: str = "standard"
+    attention_knobs: Any = None
+    router: str = "none"          # "none": every token enters
+    router_knobs: Any = None
+
+    def without_router(self) -> "BlockSpec":
+        return dataclasses.replace(self, router="none", router_knobs=None)
 
 
 class Block(nn.Module):
-    """Pre-norm Transformer block: ``h + attn(norm(h))`` then ``+ mlp(norm(·))``."""
+    """Pre-norm Transformer block: ``x + attn(norm(x))``, then ``+ ffn(norm(·))``.
 
-    def __init__(self, *, d_model: int, n_heads: int, d_ff: int, norm: str = "rmsnorm",
-                 dropout: float = 0.0) -> None:
+    The row-level pieces (what the dense reference, the compacted stepper and AdaTape's encoder
+    all build from; rows are flat ``[R, D]`` buffers of any chosen tokens):
+
+        y, kv = block.kv_rows(x, rope)     y = norm1(x) [R, D], kv [R, 2·D] (keys rotated)
+        q     = block.q_rows(y, rope)      [R, H, hd]
+        x'    = block.finish(x, a, ctx, rows)   x + attn.out(a), then + ffn(norm2(·)) [R, D]
+
+    ``block(h, ctx)`` is the plain-PyTorch reference on ``[B, L, D]`` (every token a query).
+    """
+
+    def __init__(self, *, spec: BlockSpec) -> None:
         super().__init__()
-        self.norm1 = make_norm(norm, d_model)
-        self.attn = Attention(d_model=d_model, n_heads=n_heads, dropout=dropout)
-        self.norm2 = make_norm(norm, d_model)
-        self.mlp = MLP(d_model=d_model, d_ff=d_ff, dropout=dropout)
-        self.drop = nn.Dropout(dropout)
+        self.spec = spec
+        self.norm1 = make_norm(spec.norm, spec.d_model)
+        self.attn = ATTENTIONS.cls(spec.attention)(d_model=spec.d_model, n_heads=spec.n_heads,
+                                                   dropout=spec.dropout, knobs=spec.attention_knobs)
+        self.norm2 = make_norm(spec.norm, spec.d_model)
+        self.ffn = FFNS.cls(spec.ffn)(d_model=spec.d_model, d_ff=spec.d_ff, dropout=spec.dropout,
+                                      knobs=spec.ffn_knobs)
+        self.router: Optional[Router] = (None if spec.router == "none" else
+                                         ROUTERS.cls(spec.router)(d_model=spec.d_model,
+                                                                  knobs=spec.router_knobs))
+        self.drop = nn.Dropout(spec.dropout)
 
+    # -- the row-level pieces -------------------------------------------------------------
+    def kv_rows(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [R, D] block input → (norm1(x) [R, D], keys/values [R, 2·D])."""
+        y = self.norm1(x)
+        return y, self.attn.keys_values(y, rope)
+
+    def q_rows(self, y: torch.Tensor, rope) -> torch.Tensor:
+        """y [R, D] (normed) → queries [R, H, hd]."""
+        return self.attn.queries(y, rope)
+
+    def finish(self, x: torch.Tensor, a: torch.Tensor, ctx: AttnContext,
+               rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [R, D] block input, a [R, D] attention output (before the output projection)
+        → block output [R, D]."""
+        return self.ffn_residual(x + self.drop(self.attn.out(a)), ctx, rows)
+
+    def ffn_residual(self, x: torch.Tensor, ctx: AttnContext,
+                     rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [R, D] → x + ffn(norm2(x))."""
+        return x + self.ffn(self.norm2(x), ctx, rows)
+
+    # -- the reference ------------------------------------------------------------------
     def forward(self, h: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         """h [B, L, D] → [B, L, D]."""
+        B, L, D = h.shape
         h = h + self.drop(self.attn(self.norm1(h), ctx))
-        return h + self.mlp(self.norm2(h))
+        return self.ffn_residual(h.reshape(B * L, D), ctx).view(B, L, D)
+
+    def flops_per_token(self, n_keys: torch.Tensor | float) -> torch.Tensor | float:
+        """Forward FLOPs of one token entering this block with ``n_keys`` keys visible."""
+        router = self.router.flops_per_token() if self.router is not None else 0.0
+        return self.attn.flops_per_token(n_keys) + self.ffn.flops_per_token() + router
 
 
 class Group(nn.Module):
     """G blocks applied in order (one recurrent step of the core, or one layer of a stack)."""
 
-    def __init__(self, *, n_blocks: int, d_model: int, n_heads: int, d_ff: int,
-                 norm: str = "rmsnorm", dropout: float = 0.0) -> None:
+    def __init__(self, *, n_blocks: int, spec: BlockSpec) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(Block(d_model=d_model, n_heads=n_heads, d_ff=d_ff, norm=norm,
-                                          dropout=dropout) for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(Block(spec=spec) for _ in range(n_blocks))
 
     def forward(self, h: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
-        """h [B, L, D] → [B, L, D]."""
+        """h [B, L, D] → [B, L, D] (every token through every block: the reference)."""
         for block in self.blocks:
             h = block(h, ctx)
         return h
+
+    def flops_per_token(self, n_keys: torch.Tensor | float) -> torch.Tensor | float:
+        return sum((b.flops_per_token(n_keys) for b in self.blocks), 0.0)
 
 
 _PART = re.compile(r"[A-Za-z0-9_]+")

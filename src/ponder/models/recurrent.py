@@ -7,7 +7,17 @@ The core group is shared across steps; an optional learned step embedding e_n is
 the active tokens' states before step n. Which tokens run which step is decided by the
 policy and executed by :class:`~ponder.models.engine.Engine`. The per-step readout (for
 expected-loss objectives and confidence exits) goes through the same coda + head as the
-final readout.
+final readout. Every block is a :class:`~ponder.models.layers.Block` built from the config's
+FFN / attention kinds (``model.ffn``, ``model.attention``); core blocks may carry a block
+router (``model.router``).
+
+Which path runs: ``execution="auto"`` (the default) runs the plain-PyTorch reference
+(``layers.py`` + ``engine.py``: every token computed, halted ones masked) in training and the
+compacted stepper (:mod:`ponder.models.compact`, attention through
+:mod:`ponder.models.dispatch` and the compiled kernels) at inference, where the prelude and
+coda also go through the dispatcher. ``execution="dense"`` is the reference everywhere (and
+``PONDER_KERNELS=0`` keeps the compiled kernels out of the compacted path);
+``execution="compact"`` compacts in training too. All three give the same result (tests).
 """
 
 from __future__ import annotations
@@ -19,8 +29,10 @@ from torch import nn
 
 from ponder.errors import ConfigError
 from ponder.models.config import ModelConfig, ModelOutput
+from ponder.models.dispatch import run_group
 from ponder.models.engine import EXECUTIONS, Engine, check_policy
-from ponder.models.layers import AttnContext, Embedding, Group, Readout, Rotary
+from ponder.models.kinds import ATTENTIONS, FFNS, ROUTERS
+from ponder.models.layers import AttnContext, BlockSpec, Embedding, Group, Readout, Rotary
 from ponder.policies.base import Policy
 from ponder.policies.halting import expected_steps, masked_mean, scored_mask
 
@@ -45,6 +57,30 @@ def validate_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"unknown execution {cfg.execution!r}; executions: {', '.join(EXECUTIONS)}")
     if cfg.positions == "rotary" and (cfg.d_model // cfg.n_heads) % 2:
         raise ConfigError("rotary positions need an even head dimension (d_model / n_heads)")
+    if cfg.router.every < 1:
+        raise ConfigError(f"model router.every={cfg.router.every} must be at least 1")
+
+
+def block_spec(cfg: ModelConfig) -> BlockSpec:
+    """The blocks' spec from the config: kinds and knobs checked against their registries; a
+    causal model refuses a non-causal kind (one ConfigError line)."""
+    chosen = (("ffn", FFNS, cfg.ffn.kind, cfg.ffn.knobs),
+              ("attention", ATTENTIONS, cfg.attention.kind, cfg.attention.knobs),
+              ("router", ROUTERS, cfg.router.kind, cfg.router.knobs))
+    knobs = {}
+    for what, registry, kind, values in chosen:
+        if what == "router" and kind == "none":
+            if values:
+                raise ConfigError("model.router.knobs given without a router (router.kind is none)")
+            knobs[what] = None
+            continue
+        knobs[what] = registry.knobs(kind, dict(values))
+        if cfg.causal and not registry.cls(kind).causal:
+            raise ConfigError(f"{what} kind {kind!r} is not causal and cannot run in a causal model")
+    return BlockSpec(d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff, norm=cfg.norm,
+                     dropout=cfg.dropout, ffn=cfg.ffn.kind, ffn_knobs=knobs["ffn"],
+                     attention=cfg.attention.kind, attention_knobs=knobs["attention"],
+                     router=cfg.router.kind, router_knobs=knobs["router"])
 
 
 class RecurrentTransformer(nn.Module):
@@ -64,21 +100,34 @@ class RecurrentTransformer(nn.Module):
         check_policy(policy, kind=self.kind, causal=cfg.causal)
         self.cfg = cfg
         self.vocab_size = vocab_size
-        block_args = dict(d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff, norm=cfg.norm,
-                          dropout=cfg.dropout)
+        spec = block_spec(cfg)
         self.embed = Embedding(vocab_size=vocab_size, d_model=cfg.d_model, positions=cfg.positions,
                                max_len=cfg.max_len)
         self.rotary = Rotary(head_dim=cfg.d_model // cfg.n_heads) if cfg.positions == "rotary" else None
-        self.prelude = Group(n_blocks=cfg.prelude, **block_args)
-        self.build_core(block_args)
-        self.readout = Readout(coda=Group(n_blocks=cfg.coda, **block_args), d_model=cfg.d_model,
+        plain = spec.without_router()
+        self.prelude = Group(n_blocks=cfg.prelude, spec=plain)
+        self.build_core(spec)
+        self.readout = Readout(coda=Group(n_blocks=cfg.coda, spec=plain), d_model=cfg.d_model,
                                vocab_size=vocab_size, norm=cfg.norm)
         policy.bind(d_model=cfg.d_model, max_steps=cfg.max_steps)
         self.policy = policy
 
     # -- what differs between recurrent and stacked ------------------------------------------
-    def build_core(self, block_args: dict) -> None:
-        self.core = Group(n_blocks=self.cfg.core, **block_args)
+    def core_groups(self, n_groups: int, spec: BlockSpec) -> list[Group]:
+        """``n_groups`` groups of ``cfg.core`` blocks; a router on every ``router.every``-th
+        block (counted over all of them)."""
+        groups = []
+        for g in range(n_groups):
+            group = Group(n_blocks=self.cfg.core, spec=spec.without_router())
+            if spec.router != "none":
+                for i in range(self.cfg.core):
+                    if (g * self.cfg.core + i + 1) % self.cfg.router.every == 0:
+                        group.blocks[i] = type(group.blocks[i])(spec=spec)
+            groups.append(group)
+        return groups
+
+    def build_core(self, spec: BlockSpec) -> None:
+        self.core = self.core_groups(1, spec)[0]
         self.step_emb = nn.Embedding(self.cfg.max_steps, self.cfg.d_model) if self.cfg.step_embedding else None
 
     def core_group(self, n: int) -> Group:
@@ -97,11 +146,19 @@ class RecurrentTransformer(nn.Module):
             mask = torch.ones_like(tokens, dtype=torch.bool)
         mask = mask.bool()
         ctx = AttnContext.build(mask, causal=self.cfg.causal, rope=self.rotary)
-        h0 = self.prelude(self.embed(tokens), ctx)
+        ctx.flops = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
         engine = Engine(policy=self.policy, max_steps=self.cfg.max_steps, execution=self.cfg.execution,
                         core=self.core_group, step_embedding=self.step_vector)
-        result = engine.run(h0=h0, mask=mask, ctx=ctx, readout=lambda h: self.readout(h, ctx),
-                            training=self.training)
+        # at inference the compacted path also runs the prelude and coda through the
+        # dispatcher (the compiled kernels); the reference runs them as plain modules
+        group = run_group if engine.compacts(self.training) else (lambda g, h, c: g(h, c))
+        for block in list(self.prelude.blocks) + list(self.readout.coda.blocks):
+            ctx.count_block(block, mask)
+        ctx.count_flops(mask, 2.0 * self.cfg.d_model * self.vocab_size)
+        h0 = group(self.prelude, self.embed(tokens), ctx)
+        # the per-step readouts are not counted: FLOPs are those of the inference answer
+        readout = lambda h: self.readout.head(self.readout.norm(group(self.readout.coda, h, ctx)))  # noqa: E731
+        result = engine.run(h0=h0, mask=mask, ctx=ctx, readout=readout, training=self.training)
         halting = result.halting
         if result.step_logits is not None and halting.halt_step is not None:
             # all tokens ran N steps (training): the prediction is the readout at the step the
@@ -109,19 +166,24 @@ class RecurrentTransformer(nn.Module):
             index = (halting.halt_step - 1)[:, :, None, None].expand(-1, -1, 1, self.vocab_size)
             logits = result.step_logits.gather(2, index).squeeze(2)
         else:
-            logits = self.readout(result.exit, ctx)
+            logits = readout(result.exit)
         aux = halting.aux_loss if halting.aux_loss is not None else logits.new_zeros(())
         extras: dict = {"policy_stats": halting.stats}
+        if ctx.stats:
+            extras["block_stats"] = {k: sum(v) / len(v) for k, v in ctx.stats.items()}
         if halting.halt_dist is not None:
             extras["expected_steps"] = expected_steps(halting.halt_dist)
         return ModelOutput(logits=logits, steps=result.steps, halt_dist=halting.halt_dist,
                            step_logits=result.step_logits, aux_loss=aux, extras=extras,
-                           halt_step=halting.halt_step, mask=mask)
+                           halt_step=halting.halt_step, mask=mask, aux_terms=dict(ctx.aux),
+                           flops=ctx.flops)
 
     def loss(self, out: ModelOutput, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The policy's objective plus its auxiliary loss; stats are plain floats."""
         task, stats = self.policy.loss(out, targets)
         total = task + out.aux_loss
+        for term in out.aux_terms.values():
+            total = total + term
         scored = scored_mask(targets)
         where = scored if bool(scored.any()) else (out.mask if out.mask is not None else scored)
         result = {"loss": float(total.detach()), "task_loss": float(task.detach()),
@@ -134,6 +196,10 @@ class RecurrentTransformer(nn.Module):
             result["expected_steps"] = float(masked_mean(out.extras["expected_steps"].detach(), where))
         for key, value in out.extras.get("policy_stats", {}).items():
             result.setdefault(key, float(torch.as_tensor(value).detach()))
+        for key, value in out.aux_terms.items():
+            result[f"aux/{key}"] = float(value.detach())
+        for key, value in out.extras.get("block_stats", {}).items():
+            result[f"route/{key}"] = float(value)
         result.update({k: float(v) for k, v in stats.items()})
         return total, result
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ponder.models.config import ModelConfig
-from ponder.models.layers import Group
+from ponder.models.layers import BlockSpec, Group
 from ponder.models.recurrent import RecurrentTransformer
 from ponder.policies.base import Policy
 
@@ -21,9 +21,8 @@ from ponder.policies.base import Policy
 class StackedTransformer(RecurrentTransformer):
     kind = "stacked"
 
-    def build_core(self, block_args: dict) -> None:
-        self.layers = nn.ModuleList(Group(n_blocks=self.cfg.core, **block_args)
-                                    for _ in range(self.cfg.max_steps))
+    def build_core(self, spec: BlockSpec) -> None:
+        self.layers = nn.ModuleList(self.core_groups(self.cfg.max_steps, spec))
         self.step_emb = None
 
     def core_group(self, n: int) -> Group:
