@@ -87,7 +87,8 @@ def act_ref(units, eps, strict):
 @pytest.mark.parametrize("name", ["act", "ut_act"])
 @pytest.mark.parametrize("training", [True, False])
 def test_act_family_matches_slow_loop(name, training):
-    policy = bound(name, tau=0.05)
+    """ACT, and UT-ACT's ``frozen`` semantics (the t2t default: tests/policies/test_ut_act_t2t.py)."""
+    policy = bound(name, tau=0.05, **({"semantics": "frozen"} if name == "ut_act" else {}))
     with torch.no_grad():
         policy.head.bias.fill_(-0.5)
         policy.head.weight.mul_(0.3)

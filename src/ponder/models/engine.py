@@ -125,7 +125,7 @@ class Engine:
         want_logits = policy.needs_step_logits(training)
         step_logits: list[torch.Tensor] = []
         memo = policy.start(View(n=0, max_steps=N, h=h, prev=None, active=active, mask=mask,
-                                 training=training, readout=readout))
+                                 training=training, readout=readout, causal=ctx.causal))
         view = None
         for n in range(1, N + 1):
             # the last step's view holds the previous state: let go of it, so that a stepper
@@ -133,7 +133,9 @@ class Engine:
             view = None
             new = step(n, h, active)
             view = View(n=n, max_steps=N, h=new, prev=h, active=active, mask=mask,
-                        training=training, readout=readout)
+                        training=training, readout=readout,
+                        step_emb=self.step_embedding(n) if self.step_embedding is not None else None,
+                        causal=ctx.causal)
             decision = policy.step(memo, view)
             if want_logits:
                 step_logits.append(view.logits())

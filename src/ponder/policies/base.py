@@ -91,6 +91,9 @@ class View:
     active     [B, L] bool      tokens that ran step n (at n = 0: real tokens)
     mask       [B, L] bool      real (non-pad) tokens
     training   bool             the model's training flag
+    step_emb   [D] | None       the step embedding e_n the engine added to the active tokens
+                                before step n (None at n = 0 or without one)
+    causal     bool             the model is causal (token t attends to positions ≤ t only)
     """
 
     n: int
@@ -101,6 +104,8 @@ class View:
     mask: torch.Tensor
     training: bool
     readout: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    step_emb: Optional[torch.Tensor] = None
+    causal: bool = False
     _logits: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def logits(self) -> torch.Tensor:
