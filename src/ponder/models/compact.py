@@ -252,8 +252,11 @@ class CompactStepper:
         self._row_offset: Optional[torch.Tensor] = None
 
     # -- one step -----------------------------------------------------------------------
-    def step(self, n: int, h: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    def step(self, n: int, h: torch.Tensor, active: torch.Tensor,
+             memory: Optional[torch.Tensor] = None) -> torch.Tensor:
         """h [B, L, D], active [B, L] bool → state after step n [B, L, D] (frozen rows kept).
+        ``memory`` [B, L, D] (equal to h at frozen rows): the source of the first block's
+        keys/values instead of h (``Decision.memory``); queries, residual and MLP use h.
 
         Three ways to run a step, chosen by how many rows need new keys/values:
 
@@ -312,6 +315,9 @@ class CompactStepper:
                     x_r[:n_active] += e
                 else:
                     x_r = torch.cat([x_r[:n_active] + e, x_r[n_active:]])
+        # the first block's keys/values source, gathered like x_r (h + e on active rows)
+        m_r = None if memory is None else self._like_rows(memory, e, refresh, act_flat, every,
+                                                           n_active)
         rope_pos = None if self.ctx.rope is None else (
             torch.arange(B * L, device=h.device) % L if refresh is None else refresh % L)
         # cache rows written: the frozen ones (``keep``) when keys/values of every row are
@@ -321,7 +327,8 @@ class CompactStepper:
         blocks = list(group.blocks)
         frozen = None
         for i, block in enumerate(blocks):
-            out = self._block(block, x_r, n_active, rows, index, caches, i)
+            out = self._block(block, x_r, n_active, rows, index, caches, i,
+                              kv_src=m_r if i == 0 else None)
             if dense:
                 if not every:
                     # frozen rows keep their state (few here, at most 5% of the real tokens plus
@@ -357,6 +364,20 @@ class CompactStepper:
             self._remember(h, out_state, index.rows)
             return out_state
         return h_flat.index_copy(0, index.rows, x_q).view(B, L, D)
+
+    def _like_rows(self, t: torch.Tensor, e: Optional[torch.Tensor], refresh: Optional[torch.Tensor],
+                   act_flat: torch.Tensor, every: bool, n_active: int) -> torch.Tensor:
+        """The rows of t [B, L, D] a step's x_r holds of h: all in natural order (``refresh``
+        None) or the refreshed rows (active first), with e added to the active ones."""
+        flat = t.reshape(self.B * self.L, -1)
+        if refresh is None:
+            if e is None:
+                return flat
+            return flat + e if every else torch.addcmul(flat, act_flat[:, None].to(t.dtype), e)
+        rows = flat.index_select(0, refresh)
+        if e is None:
+            return rows
+        return torch.cat([rows[:n_active] + e, rows[n_active:]])
 
     def _set_rows(self, t: torch.Tensor, rows: torch.Tensor, value) -> torch.Tensor:
         """t with rows ``rows`` (dim 0) set to ``value``: a scalar, or a tensor of those rows."""
@@ -436,12 +457,14 @@ class CompactStepper:
         return self._row_base.index_select(0, refresh)[:, None] + self._row_offset[None, :]
 
     def _block(self, block: Block, x_r: torch.Tensor, n_q: int, rows: dict, index: StepIndex,
-               caches: list[torch.Tensor], i: int) -> torch.Tensor:
+               caches: list[torch.Tensor], i: int,
+               kv_src: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One pre-norm block of a step.
 
         x_r [R, D]  block input of the rows whose keys/values are computed: every row in
                     natural order (R = B·L; ``rows["refresh"]`` None), or the gathered
                     refreshed rows with the n_q queries first
+        kv_src [R, D] | None  the same rows of the keys/values source (None: x_r)
         → the block output of the query rows [n_q, D] (every row when the step is dense)
         """
         attn = block.attn
@@ -449,7 +472,7 @@ class CompactStepper:
         D = x_r.shape[-1]
         H, hd = attn.n_heads, attn.head_dim
         y_r = block.norm1(x_r)
-        kv_r = attn.kv(y_r)
+        kv_r = attn.kv(y_r if kv_src is None else block.norm1(kv_src))
         rope = self.ctx.rope
         if rope is not None:
             cos, sin = rope

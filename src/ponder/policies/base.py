@@ -129,11 +129,16 @@ class Decision:
     state       [B, L, D] | None   state carried into the next step for still-active tokens
                                    (None: the step's output ``view.h``)
     exit_state  [B, L, D] | None   state a token halting now is frozen at (None: ``state``)
+    memory      [B, L, D] | None   what the next step's first block reads as the keys/values
+                                   of still-active tokens, while their queries, residual and
+                                   MLP use ``state`` (None: ``state`` for both; e.g. SUT's
+                                   soft-halted mix). Frozen tokens always show their state.
     """
 
     halt: torch.Tensor
     state: Optional[torch.Tensor] = None
     exit_state: Optional[torch.Tensor] = None
+    memory: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -170,6 +175,9 @@ class Policy(nn.Module):
     # names (as in ``named_parameters()`` of the policy) that the model's loss does not train,
     # e.g. a head fitted by a separate calibration; the gradient tests skip exactly these
     untrained_params: ClassVar[tuple[str, ...]] = ()
+    # names whose gradient is exactly 0 at initialisation because they sit behind a
+    # zero-initialised layer (SUT's gate); the gradient tests check them after one update
+    zero_grad_at_init: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, knobs: Any = None, **values: Any) -> None:
         super().__init__()
