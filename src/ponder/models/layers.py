@@ -22,6 +22,7 @@ from torch import nn
 
 from ponder import kernels
 from ponder.errors import ConfigError
+from ponder.models.norm import rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -34,7 +35,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., D] → [..., D]."""
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return rms_norm(x, self.weight, self.eps)  # fused: saves x and the row scale only
 
 
 def make_norm(kind: str, d_model: int) -> nn.Module:
