@@ -59,27 +59,30 @@ def test_never_reads_the_same_entry_twice_nor_padding(setting, threshold):
         assert (index[b, n:] < 0).all()
     assert (out.steps == out.extras["tape_len"][:, None]).all()
     if threshold == 50.0:  # never halts: reads until max_tape or the bank runs out
-        per = setting.get("per_step", 1)
+        per = setting.get("per_step", 0) or max(1, 8 // 50)  # 0: max_tape // threshold
         avail = bank_mask.sum(-1)
         assert out.extras["tape_len"].tolist() == [min(8, math.ceil(int(a) / per)) for a in avail]
 
 
-def _uniform_stop(n: int, threshold: float) -> int:
-    """Steps read when all n candidates score the same: step t's top weight is 1/(n-t+1)."""
-    total = Fraction(0)
+def _uniform_stop(n: int, threshold: float, k: int) -> int:
+    """Steps read when all n candidates score the same and each step softmaxes over (and uses
+    up) k of them: step t's top weight is 1 / min(k, what is left)."""
+    total, left = Fraction(0), n
     for t in range(1, n + 1):
-        total += Fraction(1, n - t + 1)
-        if total >= Fraction(threshold).limit_denominator(1000):
+        total += Fraction(1, min(k, left))
+        left -= min(k, left)
+        if total >= Fraction(threshold).limit_denominator(1000) or left == 0:
             return t
     return n
 
 
 @pytest.mark.parametrize("threshold", [0.3, 0.5, 1.0])
-def test_sample_crossing_the_threshold_at_step_k_reads_k_tokens(threshold):
-    # Identical bank entries → equal scores → uniform weights over what is left, so the
-    # halting sum after t steps is 1/n + 1/(n-1) + ... and k is known in closed form.
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_sample_crossing_the_threshold_at_step_k_reads_k_tokens(threshold, k):
+    # Identical bank entries → equal scores → uniform weights over the step's candidates, so
+    # the halting sum after t steps is known in closed form.
     d, M = 8, 12
-    reader = TapeReader(d_model=d, max_tape=M, threshold=threshold, per_step=1)
+    reader = TapeReader(d_model=d, max_tape=M, threshold=threshold, per_step=k)
     sizes = [1, 2, 4, 7, 9, 12]
     B = len(sizes)
     bank = torch.randn(d).expand(B, M, d).clone()
@@ -87,20 +90,35 @@ def test_sample_crossing_the_threshold_at_step_k_reads_k_tokens(threshold):
     bank = bank + 100.0 * (~bank_mask)[..., None]  # padded entries differ and must be ignored
     with torch.no_grad():
         read = reader(torch.randn(B, d), bank, bank_mask)
-    expected = [_uniform_stop(n, threshold) for n in sizes]
+    expected = [_uniform_stop(n, threshold, k) for n in sizes]
     assert read["count"].tolist() == expected
     assert read["tape_mask"].sum(1).tolist() == expected
-    # A sample with one dominant candidate halts after one read even with many candidates.
+
+
+def test_one_dominant_candidate_halts_after_one_read():
+    d = 8
     keys = torch.zeros(1, 6, d)
     keys[0, 0, :4], keys[0, 0, 4:] = 1.0, -1.0         # LN(key₀) = LN(query): score √d
     keys[0, 1:, :4], keys[0, 1:, 4:] = -1.0, 1.0       # the others: score −√d
     query = keys[0, 0][None].clone()
     w0 = 1.0 / (1.0 + 5.0 * math.exp(-2 * math.sqrt(d)))
-    sharp = TapeReader(d_model=d, max_tape=6, threshold=w0 - 1e-3, per_step=1)
+    sharp = TapeReader(d_model=d, max_tape=6, threshold=w0 - 1e-3, per_step=6)
     with torch.no_grad():
         r = sharp(query, keys, torch.ones(1, 6, dtype=torch.bool))
-    assert r["count"].tolist() == [1] and r["index"][0, 0, 0].item() == 0
+    # all six candidates are merged into the one token (and used up)
+    assert r["count"].tolist() == [1] and sorted(r["index"][0, 0].tolist()) == [0, 1, 2, 3, 4, 5]
+    assert r["index"][0, 0, 0].item() == 0  # the best first
     assert r["halting"].item() == pytest.approx(w0, rel=1e-4)
+
+
+def test_per_step_one_reads_one_token_and_zero_follows_max_tape_over_threshold():
+    torch.manual_seed(0)
+    bank, mask = torch.randn(3, 10, 8), torch.ones(3, 10, dtype=torch.bool)
+    with torch.no_grad():
+        one = TapeReader(d_model=8, max_tape=6, threshold=1.0, per_step=1)(torch.randn(3, 8), bank, mask)
+        auto = TapeReader(d_model=8, max_tape=6, threshold=0.5, per_step=0)(torch.randn(3, 8), bank, mask)
+    assert one["count"].tolist() == [1, 1, 1] and (one["halting"] == 1.0).all()
+    assert auto["index"].shape[-1] == 10  # ⌊6 / 0.5⌋ = 12 candidates, capped at the bank size
 
 
 def test_max_tape_caps_the_reading():
@@ -111,23 +129,40 @@ def test_max_tape_caps_the_reading():
 
 # --- the reference loop ----------------------------------------------------------------------
 def slow_read(reader: TapeReader, query, bank, bank_mask):
-    """Per-sample, per-step Python transcription of the reading algorithm."""
+    """Float64, per-sample, per-step transcription of the public reader: google-research/scenic,
+    scenic/projects/adatape/layers.py, ``ACTFunction.act_step`` (top-K unused candidates by
+    score; softmax of their scores / √d; ONE token merging all K with those weights; the top
+    weight added to the halting sum; all K marked used; ``complex_query``: q ← (q + token) / 2;
+    ``entropy`` loss 1 − Σ w² on every step read), per sample (see the module docstring)."""
     results = []
     d = bank.shape[-1]
+    K = reader.per_step or max(1, int(reader.max_tape // reader.threshold))
+    ln = reader.norm
+    weight, bias = ln.weight.detach().double(), ln.bias.detach().double()
+
+    def norm(x):
+        x = x.detach().double()
+        mu = sum(float(v) for v in x) / d
+        var = sum((float(v) - mu) ** 2 for v in x) / d
+        return torch.tensor([(float(v) - mu) / math.sqrt(var + ln.eps) for v in x],
+                            dtype=torch.float64) * weight + bias
+
     for b in range(bank.shape[0]):
-        keys = [reader.norm(bank[b, m]) for m in range(bank.shape[1])]
+        keys = [norm(bank[b, m]) for m in range(bank.shape[1])]
         free = [m for m in range(bank.shape[1]) if bool(bank_mask[b, m])]
-        q = reader.norm(query[b])
-        h, aux, tokens, picks = 0.0, torch.zeros(()), [], []
+        q = norm(query[b])
+        h, aux, tokens, picks = 0.0, 0.0, [], []
         while free and len(tokens) < reader.max_tape:
-            scores = torch.stack([keys[m] @ q / math.sqrt(d) for m in free])
-            w = torch.softmax(scores, 0)
-            order = sorted(range(len(free)), key=lambda i: -float(w[i].detach()))[:reader.per_step]
-            chosen = [free[i] for i in order]
-            tokens.append(sum(w[i] * keys[free[i]] for i in order))
-            aux = aux + 1.0 - (w * w).sum()
-            h += sum(float(w[i].detach()) for i in order)
-            q = 0.5 * (q + sum(keys[m] for m in chosen) / len(chosen))
+            scores = {m: float(keys[m] @ q) for m in free}
+            chosen = sorted(free, key=lambda m: -scores[m])[:K]
+            top = max(scores[m] for m in chosen)
+            e = [math.exp((scores[m] - top) / math.sqrt(d)) for m in chosen]
+            w = [v / sum(e) for v in e]
+            token = sum(wi * keys[m] for wi, m in zip(w, chosen))
+            tokens.append(token)
+            aux += 1.0 - sum(wi * wi for wi in w)
+            h += max(w)
+            q = (q + token) / 2.0
             picks.append(chosen)
             free = [m for m in free if m not in chosen]
             if h >= reader.threshold:
@@ -136,7 +171,7 @@ def slow_read(reader: TapeReader, query, bank, bank_mask):
     return results
 
 
-@pytest.mark.parametrize("per_step", [1, 2])
+@pytest.mark.parametrize("per_step", [0, 1, 3])
 @pytest.mark.parametrize("threshold", [0.4, 1.0])
 def test_reader_and_aux_loss_match_a_slow_reference(per_step, threshold):
     torch.manual_seed(3)
@@ -150,25 +185,29 @@ def test_reader_and_aux_loss_match_a_slow_reference(per_step, threshold):
     query = torch.randn(B, d)
     fast = reader(query, bank, bank_mask)
     slow = slow_read(reader, query, bank, bank_mask)
+    counts = set()
     for b, (tokens, picks, aux, h) in enumerate(slow):
         n = len(tokens)
+        counts.add(n)
         assert int(fast["count"][b]) == n
         assert fast["tape_mask"][b].tolist() == [True] * n + [False] * (fast["tape"].shape[1] - n)
         for t in range(n):
             got = [i for i in fast["index"][b, t].tolist() if i >= 0]
             assert got == picks[t]
-            torch.testing.assert_close(fast["tape"][b, t], tokens[t], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(fast["tape"][b, t].double(), tokens[t], rtol=1e-5, atol=1e-5)
         assert (fast["tape"][b, n:] == 0).all()
-        torch.testing.assert_close(fast["aux"][b], aux, rtol=1e-5, atol=1e-6)
+        assert float(fast["aux"][b].detach()) == pytest.approx(aux, rel=1e-5, abs=1e-6)
         assert float(fast["halting"][b].detach()) == pytest.approx(h, rel=1e-5)
+    if per_step == 3:
+        assert len(counts) > 1  # samples read different amounts: the halting rule is exercised
     # the model's aux_loss is aux_weight · batch mean of these per-sample sums
     model = make(aux_weight=0.25)
     tokens, mask = batch()
     out = model(tokens, mask)
     bank2, bank_mask2 = model.make_bank(tokens, mask)
     ref = slow_read(model.reader, model.make_query(model.embed_input(tokens), mask), bank2, bank_mask2)
-    expected = 0.25 * torch.stack([r[2] for r in ref]).mean()
-    torch.testing.assert_close(out.aux_loss, expected, rtol=1e-5, atol=1e-6)
+    expected = 0.25 * sum(r[2] for r in ref) / len(ref)
+    assert float(out.aux_loss.detach()) == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
 # --- masking ---------------------------------------------------------------------------------

@@ -87,7 +87,8 @@ def act_ref(units, eps, strict):
 @pytest.mark.parametrize("name", ["act", "ut_act"])
 @pytest.mark.parametrize("training", [True, False])
 def test_act_family_matches_slow_loop(name, training):
-    policy = bound(name, tau=0.05)
+    """ACT, and UT-ACT's ``frozen`` semantics (the t2t default: tests/policies/test_ut_act_t2t.py)."""
+    policy = bound(name, tau=0.05, **({"semantics": "frozen"} if name == "ut_act" else {}))
     with torch.no_grad():
         policy.head.bias.fill_(-0.5)
         policy.head.weight.mul_(0.3)
@@ -225,19 +226,22 @@ def test_anira_early_starts_where_online_starts():
 # -- stick-breaking -------------------------------------------------------------------------
 @pytest.mark.parametrize("training", [True, False])
 def test_stickbreak_matches_slow_loop(training):
-    policy = bound("stickbreak", tau=0.1)
+    """The per-token bookkeeping (the recurrence with a model: tests/policies/test_stickbreak_sut.py)."""
+    policy = bound("stickbreak", tau=0.1, halt_bias=1.5, stop=0.9)
     with torch.no_grad():
-        policy.gate.bias.copy_(torch.tensor([0.0, 1.5], dtype=torch.float64))
-        policy.gate.weight.mul_(0.5)
+        policy.gate[-1].weight.mul_(0.5)
     hs, mask = states(4), make_mask()
     decisions, halting = drive(policy, hs, mask, training)
-    Wg, bg = policy.gate.weight.detach(), policy.gate.bias.detach()
+    W1, b1 = policy.gate[0].weight.detach(), policy.gate[0].bias.detach()
+    W2 = policy.gate[2].weight.detach()
     depth, seen = {}, set()
     for b, t in tokens():
         p, survive, acc, stop = [0.0] * N, 1.0, [0.0] * D, N
         for n in range(N):
             h = [float(x) for x in hs[n + 1][b, t]]
-            z0, z1 = dot(Wg[0], h) + float(bg[0]), dot(Wg[1], h) + float(bg[1])
+            hidden = [dot(W1[j], h) + float(b1[j]) for j in range(D)]
+            hidden = [0.5 * u * (1 + math.erf(u / math.sqrt(2))) for u in hidden]  # exact GELU
+            z0, z1 = dot(W2[0], hidden), dot(W2[1], hidden) + 1.5
             alpha = 1.0 if n == N - 1 else 1 / (1 + math.exp(z0 - z1))
             p[n] = alpha * survive
             survive *= 1 - alpha
@@ -246,7 +250,9 @@ def test_stickbreak_matches_slow_loop(training):
                 survive = 0.0
             acc = [a + p[n] * x for a, x in zip(acc, h)]
             shown = [a + survive * x for a, x in zip(acc, h)]
-            assert decisions[n].state[b, t].tolist() == pytest.approx(shown, abs=1e-10)
+            assert decisions[n].state is None  # the token carries its own stream
+            assert decisions[n].memory[b, t].tolist() == pytest.approx(shown, abs=1e-10)
+            assert decisions[n].exit_state[b, t].tolist() == pytest.approx(shown, abs=1e-10)
             if survive == 0.0:
                 stop = n + 1
                 break

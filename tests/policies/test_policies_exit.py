@@ -94,31 +94,61 @@ def probs(logits) -> list[float]:
 
 
 # -- LAC ------------------------------------------------------------------------------------
+def lac_public(norms: list[float], alpha: float) -> int:
+    """Float64 transcription of the public rule, per token: manishemirani/L2-Norm-Guided-
+    Adaptive-Computation, scenic/projects/lac/lac_uvit.py (``LacStep.__call__`` carries
+    previous_norm, previous_delta_norm, delta_norm, the zero-filled ``delta_norms`` slots and the
+    threshold; ``UTEncoder.stop_fn`` tests |delta_norm| < threshold before each layer).
+    ``norms[s]`` is ‖h^s‖ (s = 0 the input); → layers run (the step the token stops at)."""
+    n_layers = len(norms) - 1
+    previous_norm, previous_delta, delta, threshold = norms[0], 0.0, 0.0, 0.0
+    slots = [0.0] * n_layers
+    for step in range(n_layers):
+        if step > 0 and abs(delta) < threshold:  # stop_fn: skip this and every later layer
+            return step
+        state_norm = norms[step]                   # the state entering layer step + 1
+        slots[step] = previous_delta
+        threshold = abs(max(slots) - min(slots)) * alpha
+        delta = state_norm - previous_norm
+        previous_norm, previous_delta = state_norm, delta
+    return n_layers
+
+
 def lac_reference(hs, b, t, alpha) -> int:
-    hist = []
-    for n in range(1, len(hs)):
-        delta = norm(hs[n][b, t]) - norm(hs[n - 1][b, t])
-        hist.append(delta)
-        spread = max(hist) - min(hist)
-        if n >= 2 and spread > 1e-6 * norm(hs[n][b, t]) and abs(delta) < alpha * spread:
-            return n
-    return len(hs) - 1
+    return lac_public([norm(h[b, t]) for h in hs], alpha)
 
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("alpha", [0.3, 0.8, 2.0])
 def test_lac_matches_per_token_loop(training, alpha):
-    hs, mask = states(1), make_mask()
+    hs, mask = states(1, n_steps=8), make_mask()
     # random norms that grow and shrink: scale each step's states per token
     g = torch.Generator().manual_seed(2)
     hs = [h * (0.5 + 2 * torch.rand(B, L, 1, generator=g, dtype=torch.float64)) for h in hs]
-    halts, halting = drive(bound("lac", alpha=alpha), hs, mask, training)
+    halts, halting = drive(bound("lac", n_steps=8, alpha=alpha), hs, mask, training)
     ref = torch.tensor([[lac_reference(hs, b, t, alpha) for t in range(L)] for b in range(B)])
     assert torch.equal(halting.halt_step, ref)
     assert len(set(ref.flatten().tolist())) > 1  # a non-trivial case
     check_halts(halts, ref, training)
     assert torch.equal(halting.halt_dist.argmax(-1) + 1, ref)
     assert torch.allclose(halting.halt_dist.sum(-1), torch.ones(()).double())
+
+
+def test_lac_matches_public_rule_on_many_trajectories():
+    """2,000 random norm trajectories (N = 8): the policy stops exactly where the public loop
+    does (the rule before this fix agreed on 133 of these)."""
+    g = torch.Generator().manual_seed(3)
+    n_tok, n_steps = 2000, 8
+    norms = (torch.rand(n_steps + 1, n_tok, generator=g, dtype=torch.float64) * 4 + 0.5).cumsum(0)
+    norms = norms * (1 + 0.6 * torch.randn(n_steps + 1, n_tok, generator=g, dtype=torch.float64).tanh())
+    direction = torch.randn(1, n_tok, D, generator=g, dtype=torch.float64)
+    direction = direction / direction.norm(dim=-1, keepdim=True)
+    hs = [r[None, :, None] * direction for r in norms]
+    mask = torch.ones(1, n_tok, dtype=torch.bool)
+    _, halting = drive(bound("lac", n_steps=n_steps), hs, mask, training=False)
+    ref = torch.tensor([lac_public(norms[:, i].tolist(), 0.8) for i in range(n_tok)])
+    assert torch.equal(halting.halt_step[0], ref)
+    assert len(set(ref.tolist())) >= 4
 
 
 def norm_states(norms: list[float]) -> list[torch.Tensor]:
@@ -132,14 +162,22 @@ def norm_states(norms: list[float]) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("norms,expected", [
-    ([1.0, 3.0, 4.0, 4.1, 4.2], 3),      # Δ = 2, 1, 0.1: |0.1| < 0.8·(2 − 0.1)
-    ([1.0, 3.0, 3.1, 5.0, 9.0], 2),      # Δ = 2, 0.1: |0.1| < 0.8·1.9 at the first chance
-    ([5.0, 3.0, 2.9, 1.0, 0.5], 2),      # shrinking norms: signed deltas −2, −0.1
+    # Δ = 2, 1, 0.1: after step 3 the test reads Δ_2 = 1 against 0.8·range{0, 2}; fires
+    ([1.0, 3.0, 4.0, 4.1, 4.2], 3),
+    # Δ = 2, 0.1, 1.9, 4: after 3, |0.1| < 0.8·2 fires (one step late: Δ_2 was the small one)
+    ([1.0, 3.0, 3.1, 5.0, 9.0], 3),
+    # shrinking norms, Δ = −2, −0.1: the zero slot makes the range 2; |−0.1| < 1.6 after 3
+    ([5.0, 3.0, 2.9, 1.0, 0.5], 3),
     ([1.0, 1.0, 1.0, 1.0, 1.0], 4),      # no change at all: the range is 0, never fires → N
-    ([1.0, 2.0, 3.0, 4.0, 5.0], 4),      # constant growth: |Δ| = 1 never below 0.8·0
-    ([1.0, 2.0, 2.5, 3.4, 3.5, 5.0], 4),  # Δ = 1, .5, .9, .1: |.5| ≮ .4, |.9| ≮ .4, |.1| < .72
+    # constant growth Δ = 1: the zero slot gives range 1, and |1| ≮ 0.8 → never fires
+    ([1.0, 2.0, 3.0, 4.0, 5.0], 4),
+    # Δ = 1, .5, .9, .1, 1.5: after 3 |.5| < .8 fires
+    ([1.0, 2.0, 2.5, 3.4, 3.5, 5.0], 3),
+    # Δ = 1, 1, 1, 0.05, 1: |1| ≮ .8 until after step 5 reads Δ_4 = 0.05 < .8
+    ([1.0, 2.0, 3.0, 4.0, 4.05, 5.05, 6.0], 5),
 ])
 def test_lac_stop_rule_on_hand_made_norms(norms, expected):
+    assert lac_public(norms, 0.8) == expected
     hs = norm_states(norms)
     mask = torch.ones(1, 1, dtype=torch.bool)
     policy = bound("lac", n_steps=len(norms) - 1)
@@ -147,12 +185,12 @@ def test_lac_stop_rule_on_hand_made_norms(norms, expected):
     assert int(halting.halt_step) == expected
 
 
-def test_lac_never_stops_at_the_first_step():
-    """Δ_1 = 0 is "no change", but one delta has no range to compare with: even a huge α
-    (any difference between deltas suffices) exits at n = 2 at the earliest."""
+def test_lac_never_stops_before_the_third_step():
+    """The lag and the zero slots: after steps 1 and 2 the tested delta is compared with a range
+    of zeros, so even a huge α exits at n = 3 at the earliest."""
     mask = torch.ones(1, 1, dtype=torch.bool)
-    _, halting = drive(bound("lac", n_steps=4, alpha=100.0), norm_states([2.0, 2.0, 3.0, 4.0, 6.0]), mask, False)
-    assert int(halting.halt_step) == 2
+    _, halting = drive(bound("lac", n_steps=4, alpha=100.0), norm_states([2.0, 3.0, 3.5, 4.0, 6.0]), mask, False)
+    assert int(halting.halt_step) == 3
     # a constant norm never fires (range 0), whatever α
     _, halting = drive(bound("lac", n_steps=4, alpha=100.0), norm_states([2.0] * 5), mask, False)
     assert int(halting.halt_step) == 4

@@ -16,27 +16,36 @@ Bank (``bank=``)
     ``"learnable"``  ``bank_size`` trainable vectors shared by every sample.
 
 Reading (the Adaptive Tape Reader; vectorised over the batch, a loop over at most
-``max_tape`` reading steps). With ``LN`` one LayerNorm shared by query and bank
-(as in the reference implementation), ``q₀ = LN(query)`` where the query is the mean of the
-input embeddings over the mask (``query="mean"``) or a learned CLS vector (``query="cls"``),
-and ``K = LN(bank)``, a sample still reading does at step t:
+``max_tape`` reading steps). The rule of the public code (google-research/scenic,
+``scenic/projects/adatape/layers.py``: ``ACTFunction.act_step``). With ``LN`` one LayerNorm
+shared by query and bank, ``q₀ = LN(query)`` where the query is the mean of the input
+embeddings over the mask (``query="mean"``) or a learned CLS vector (``query="cls"``), and
+``K = LN(bank)``, a sample still reading does at step t:
 
-    s   = K q_t / √d                       over the candidates not yet used (others −∞)
-    w   = softmax(s)                        over those candidates
-    J   = top-``per_step`` candidates by w
+    s   = K q_t / √d
+    J   = the ``per_step`` unused candidates with the highest scores (fewer when fewer are left)
+    w   = softmax(s_J)                      over J only
     tape_t = Σ_{j∈J} w_j K_j                ONE merged tape token
-    h  += Σ_{j∈J} w_j                       running halting sum ("the top weight" when per_step=1)
+    h  += max_j w_j                         running halting sum (the top weight)
     aux += 1 − Σ_j w_j²                     (Gini impurity of w; the paper's ``entropy`` loss)
-    q_{t+1} = (q_t + mean_{j∈J} K_j) / 2    (the paper's ``complex_query`` update)
-    mark J as used; stop after this step when h ≥ ``threshold``,
+    q_{t+1} = (q_t + tape_t) / 2            (the paper's ``complex_query`` update)
+    mark all of J as used; stop after this step when h ≥ ``threshold``,
     or when ``max_tape`` tokens were read, or the bank is exhausted.
 
-So a sample whose halting sum first reaches the threshold at step k reads exactly k tokens.
-As the last remaining candidate always gets weight 1, ``threshold ≤ 1`` guarantees a stop
-before the bank runs out. The tape is ``[B, T, d]`` with ``T`` the most tokens any sample
-of the batch read; a key-padding mask makes the unread slots invisible. Tape tokens get a
-learned type embedding and, with ``tape_ffn=True``, their own FFN in every layer
-(attention is shared).
+``per_step = 0`` (the default) takes the public code's candidate count
+``⌊max_tape / threshold⌋`` (at least 1). With ``per_step = 1`` every step's weight is 1, so a
+``threshold ≤ 1`` reads exactly one token. A sample whose halting sum first reaches the
+threshold at step k reads exactly k tokens. The tape is ``[B, T, d]`` with ``T`` the most
+tokens any sample of the batch read; a key-padding mask makes the unread slots invisible.
+Tape tokens get a learned type embedding and, with ``tape_ffn=True``, their own FFN in every
+layer (attention is shared).
+
+Where we differ from that code, on purpose: it picks its candidates with ``jnp.take`` on the
+flattened score matrix (every sample of a batch then reads sample 0's scores) and, when fewer
+than ``per_step`` unused candidates are left, still softmaxes over ``per_step`` entries,
+already used ones at their raw score; we take each sample's own scores and only unused
+candidates. Its halting sum is clamped to the threshold on the halting step; we report the
+unclamped sum (it only feeds a statistic).
 
 Auxiliary loss (the paper's ATR loss with ``act_loss_type="entropy"``, which accumulates
 ``1 − Σ w²`` over every step a sample runs, including the halting step):
@@ -44,9 +53,7 @@ Auxiliary loss (the paper's ATR loss with ``act_loss_type="entropy"``, which acc
     aux_loss = aux_weight · mean_over_batch( Σ_{steps t read by the sample} (1 − Σ_j w_{t,j}²) )
 
 It rewards peaked selection distributions, which push the halting sum up faster, i.e. it
-is a compute penalty. Differences from the reference: the softmax runs over all unused
-candidates (the reference takes a large top-K first, which for its settings is nearly all),
-and only the ``per_step`` merged candidates are marked used.
+is a compute penalty.
 """
 
 from __future__ import annotations
@@ -106,7 +113,7 @@ class TapeReader(nn.Module):
       tape        [B, T, d]   merged tape tokens (zeros in unread slots), T ≤ max_tape
       tape_mask   [B, T] bool True at slots the sample read
       index       [B, T, k]   bank entries merged into each slot (−1 where none)
-      weights     [B, T, M]   the step's softmax over the bank (0 at used/invalid entries)
+      weights     [B, T, M]   the step's softmax over its candidates (0 elsewhere)
       count       [B] long    tape tokens read
       halting     [B]         final halting sum
       aux         [B]         Σ over read steps of (1 − Σ w²)   (unweighted)
@@ -129,33 +136,32 @@ class TapeReader(nn.Module):
         halting = bank.new_zeros(B)
         aux = bank.new_zeros(B)
         count = torch.zeros(B, dtype=torch.long, device=bank.device)
-        k = min(self.per_step, M)
+        # the public code's candidate count: ⌊num_tape_tokens / threshold⌋
+        per = self.per_step if self.per_step > 0 else max(1, int(self.max_tape // self.threshold))
+        k = min(per, M)
         tapes, slot_masks, indices, all_weights = [], [], [], []
         for _ in range(self.max_tape):
             if not bool(active.any()):
                 break
             scores = torch.einsum("bmd,bd->bm", keys, q) / math.sqrt(d)
-            # Rows with nothing left are inactive; give them finite scores to avoid NaNs.
-            exhausted = used.all(-1, keepdim=True)
-            scores = scores.masked_fill(used & ~exhausted, float("-inf"))
-            w = torch.softmax(scores, dim=-1).masked_fill(used, 0.0)          # [B, M]
-            top_w, top_i = w.topk(k, dim=-1)                                   # [B, k]
-            picked = ~used.gather(1, top_i) & active[:, None]                  # [B, k]
-            top_w = top_w * picked
+            top_s, top_i = scores.masked_fill(used, float("-inf")).topk(k, dim=-1)   # [B, k]
+            picked = ~used.gather(1, top_i) & active[:, None]                   # [B, k]
+            # softmax over the picked candidates only (rows with none: finite, then zeroed)
+            top_s = torch.where(picked, top_s, torch.where(picked.any(-1, keepdim=True),
+                                                           float("-inf"), 0.0))
+            top_w = torch.softmax(top_s, dim=-1) * picked                       # [B, k]
             chosen = keys.gather(1, top_i[..., None].expand(B, k, d))          # [B, k, d]
             token = (top_w[..., None] * chosen).sum(1)                         # [B, d]
             act = active.to(bank.dtype)
-            aux = aux + act * (1.0 - (w * w).sum(-1))
-            halting = halting + top_w.sum(-1)
+            aux = aux + act * (1.0 - (top_w * top_w).sum(-1))
+            halting = halting + top_w.max(-1).values
             count = count + active.long()
             used = used | torch.zeros_like(used).scatter(1, top_i, picked)
-            n_picked = picked.sum(-1, keepdim=True).clamp(min=1).to(bank.dtype)
-            key_mean = (chosen * picked[..., None]).sum(1) / n_picked
-            q = torch.where(active[:, None], 0.5 * (q + key_mean), q)
+            q = torch.where(active[:, None], 0.5 * (q + token), q)
             tapes.append(token)
             slot_masks.append(active)
             indices.append(torch.where(picked, top_i, torch.full_like(top_i, -1)))
-            all_weights.append(w * act[:, None])
+            all_weights.append(bank.new_zeros(B, M).scatter(1, top_i, top_w))
             active = active & (halting < self.threshold) & ~used.all(-1)
         if not tapes:  # nothing to read anywhere (e.g. an all-padding batch)
             return dict(tape=bank.new_zeros(B, 0, d),
@@ -178,7 +184,7 @@ class AdaTape(nn.Module):
 
     def __init__(self, *, vocab_size: int, d_model: int = 64, n_heads: int = 4, d_ff: int = 256,
                  n_layers: int = 2, max_tape: int = 8, bank: str = "input", bank_size: int = 32,
-                 ngram: int = 1, threshold: float = 1.0, per_step: int = 1, tape_ffn: bool = True,
+                 ngram: int = 1, threshold: float = 1.0, per_step: int = 0, tape_ffn: bool = True,
                  query: str = "mean", aux_weight: float = 0.01, positions: str = "learned",
                  max_len: int = 512, norm: str = "rmsnorm", dropout: float = 0.0,
                  spec: Optional[BlockSpec] = None) -> None:
@@ -324,8 +330,10 @@ def _check(**k: Any) -> None:
             raise ConfigError(f"adatape: {what}")
 
     for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_tape", "ngram",
-                 "per_step", "max_len"):
+                 "max_len"):
         need(isinstance(k[name], int) and k[name] >= 1, f"{name} must be an integer >= 1, got {k[name]!r}")
+    need(isinstance(k["per_step"], int) and k["per_step"] >= 0,
+         f"per_step must be an integer >= 0 (0: max_tape // threshold), got {k['per_step']!r}")
     need(k["d_model"] % k["n_heads"] == 0, f"d_model={k['d_model']} is not divisible by n_heads={k['n_heads']}")
     need(k["bank"] in BANKS, f"unknown bank {k['bank']!r} (choose from {', '.join(BANKS)})")
     need(k["query"] in QUERIES, f"unknown query {k['query']!r} (choose from {', '.join(QUERIES)})")
@@ -341,7 +349,7 @@ def _check(**k: Any) -> None:
 
 # Knobs an AdaTape model takes beyond ModelConfig, with their defaults.
 ADATAPE_KNOBS: dict[str, Any] = dict(n_layers=None, max_tape=8, bank="input", bank_size=32, ngram=1,
-                                     threshold=1.0, per_step=1, tape_ffn=True, query="mean",
+                                     threshold=1.0, per_step=0, tape_ffn=True, query="mean",
                                      aux_weight=0.01)
 
 

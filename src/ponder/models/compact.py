@@ -111,8 +111,11 @@ class CompactStepper:
         self._row_offset: Optional[torch.Tensor] = None
 
     # -- one step -----------------------------------------------------------------------
-    def step(self, n: int, h: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    def step(self, n: int, h: torch.Tensor, active: torch.Tensor,
+             memory: Optional[torch.Tensor] = None) -> torch.Tensor:
         """h [B, L, D], active [B, L] bool → state after step n [B, L, D] (frozen rows kept).
+        ``memory`` [B, L, D] (equal to h at frozen rows): the source of the first block's
+        keys/values instead of h (``Decision.memory``); queries, residual and MLP use h.
 
         Three ways to run a step, chosen by how many rows need new keys/values:
 
@@ -136,7 +139,7 @@ class CompactStepper:
             return h
         group = self.core(n)
         if any(block.router is not None for block in group.blocks):
-            return self._routed_step(n, h, active, group)
+            return self._routed_step(n, h, active, group, memory)
         dense = n_active >= self.dense_fallback * self.n_real
         index = self.dispatch.index(active, dense=dense)
         caches, stale = self._caches(group, h)
@@ -182,6 +185,9 @@ class CompactStepper:
                 rope_q = tuple(t.index_select(0, queries) for t in rope)
             else:
                 rope_q = tuple(t[:n_active] for t in rope)
+        # the first block's keys/values source, gathered like x_r (h + e on active rows)
+        m_r = None if memory is None else self._like_rows(memory, e, refresh, act_flat, every,
+                                                           n_active)
         # cache rows written: the frozen ones (``keep``) when keys/values of every row are
         # computed, else every refreshed row (``keep`` is among them)
         rows = {"refresh": refresh, "queries": queries, "keep": keep, "rope": rope,
@@ -190,7 +196,8 @@ class CompactStepper:
         frozen = None
         for i, block in enumerate(blocks):
             self.ctx.count_block(block, active)
-            out = self._block(block, x_r, n_active, rows, index, caches, i)
+            out = self._block(block, x_r, n_active, rows, index, caches, i,
+                              kv_src=m_r if i == 0 else None)
             if dense:
                 if not every:
                     # frozen rows keep their state (few here, at most 5% of the real tokens plus
@@ -226,6 +233,20 @@ class CompactStepper:
             self._remember(h, out_state, index.rows)
             return out_state
         return h_flat.index_copy(0, index.rows, x_q).view(B, L, D)
+
+    def _like_rows(self, t: torch.Tensor, e: Optional[torch.Tensor], refresh: Optional[torch.Tensor],
+                   act_flat: torch.Tensor, every: bool, n_active: int) -> torch.Tensor:
+        """The rows of t [B, L, D] a step's x_r holds of h: all in natural order (``refresh``
+        None) or the refreshed rows (active first), with e added to the active ones."""
+        flat = t.reshape(self.B * self.L, -1)
+        if refresh is None:
+            if e is None:
+                return flat
+            return flat + e if every else torch.addcmul(flat, act_flat[:, None].to(t.dtype), e)
+        rows = flat.index_select(0, refresh)
+        if e is None:
+            return rows
+        return torch.cat([rows[:n_active] + e, rows[n_active:]])
 
     def _set_rows(self, t: torch.Tensor, rows: torch.Tensor, value) -> torch.Tensor:
         """t with rows ``rows`` (dim 0) set to ``value``: a scalar, or a tensor of those rows."""
@@ -305,17 +326,19 @@ class CompactStepper:
         return self._row_base.index_select(0, refresh)[:, None] + self._row_offset[None, :]
 
     def _block(self, block: Block, x_r: torch.Tensor, n_q: int, rows: dict, index: StepIndex,
-               caches: list[torch.Tensor], i: int) -> torch.Tensor:
+               caches: list[torch.Tensor], i: int,
+               kv_src: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One block of a step, from the block's row-level pieces.
 
         x_r [R, D]  block input of the rows whose keys/values are computed: every row in
                     natural order (R = B·L; ``rows["refresh"]`` None), or the gathered
                     refreshed rows with the n_q queries first
+        kv_src [R, D] | None  the same rows of the keys/values source (None: x_r)
         → the block output of the query rows [n_q, D] (every row when the step is dense)
         """
         B, L = self.B, self.L
         H, hd = block.attn.n_heads, block.attn.head_dim
-        y_r, kv_r = block.kv_rows(x_r, rows["rope"])
+        y_r, kv_r = block.kv_rows(x_r, rows["rope"], source=kv_src)
         queries = rows["queries"]
         if rows["refresh"] is None:
             # keys/values of every row, in natural order: attention reads them as they are
@@ -337,8 +360,8 @@ class CompactStepper:
         a = self.dispatch.attend(q, kv, index, p)
         return block.finish(x_q, a, self.ctx, queries)
 
-    def _routed_step(self, n: int, h: torch.Tensor, active: torch.Tensor,
-                     group: Group) -> torch.Tensor:
+    def _routed_step(self, n: int, h: torch.Tensor, active: torch.Tensor, group: Group,
+                     memory: Optional[torch.Tensor] = None) -> torch.Tensor:
         """A step whose group has routed blocks: per block the router picks, among the active
         tokens, the ones that enter; only they are queries and run the FFN. Keys/values of
         every row are computed per block (a routed block's rows change unevenly, so no cache
@@ -352,7 +375,9 @@ class CompactStepper:
         if e is not None:
             x = torch.addcmul(x, act_flat[:, None].to(h.dtype), e)
         rope = self.ctx.rope_rows(self.ctx.positions(B * L))
-        for block in group.blocks:
+        # the first block's keys/values source (see step), all rows in natural order
+        source = None if memory is None else self._like_rows(memory, e, None, act_flat, False, 0)
+        for j, block in enumerate(group.blocks):
             route = None
             enter, ctx, dispatch = active, self.ctx, self.dispatch
             if block.router is not None:
@@ -365,7 +390,7 @@ class CompactStepper:
             if not bool(enter.any()):
                 continue
             index = dispatch.index(enter, dense=False)
-            y, kv_r = block.kv_rows(x, rope)
+            y, kv_r = block.kv_rows(x, rope, source=source if j == 0 else None)
             H, hd = block.attn.n_heads, block.attn.head_dim
             kv = kv_r.view(B, L, 2, H, hd).permute(2, 0, 3, 1, 4)
             q_rows = index.rows

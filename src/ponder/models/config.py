@@ -34,7 +34,7 @@ class AdaTapeConfig:
     bank_size: int = 32              # learnable bank entries
     ngram: int = 1                   # window length of an input-bank entry
     threshold: float = 1.0           # halting sum at which reading stops
-    per_step: int = 1                # bank entries merged into one tape token
+    per_step: int = 0                # candidates merged into one tape token (0: max_tape // threshold)
     tape_ffn: bool = True            # tape tokens take their own FFN
     query: str = "mean"              # mean (of the input embeddings) | cls
     aux_weight: float = 0.01         # weight of the Σ (1 − Σ w²) tape loss

@@ -80,35 +80,44 @@ class Engine:
 
     # -- the one place a block runs ---------------------------------------------------------
     def apply_block(self, block: Block, x: torch.Tensor, active: torch.Tensor,
-                    ctx: AttnContext) -> torch.Tensor:
+                    ctx: AttnContext, memory: Optional[torch.Tensor] = None,
+                    every: bool = False) -> torch.Tensor:
         """x [B, L, D] → x with the entering rows replaced by the block's output.
 
         Dense reference: compute every row, keep the entering ones (the active tokens, or
-        the router's pick among them).
+        the router's pick among them). ``memory`` [B, L, D]: the keys/values come from it
+        instead of x (see :class:`~ponder.policies.base.Decision`). ``every``: every row is
+        active (no mask).
         """
         if block.router is None:
             ctx.count_block(block, active)
-            return torch.where(active[..., None], block(x, ctx), x)
+            out = block(x, ctx, source=memory)
+            return out if every else torch.where(active[..., None], out, x)
         route = block.router(x, active, ctx)
         enter = route.enter & active
         keys = ctx.keys_of(enter) if block.router.keys == "routed" else ctx
         ctx.count_block(block, enter, keys)
-        y = block(x, keys)
+        y = block(x, keys, source=memory)
         if route.weight is not None:
             y = x + route.weight[..., None] * (y - x)
         return torch.where(enter[..., None], y, x)
 
     def run_step(self, n: int, h: torch.Tensor, active: torch.Tensor,
-                 ctx: AttnContext) -> torch.Tensor:
-        """State after step n: h [B, L, D], active [B, L] → [B, L, D] (frozen rows unchanged)."""
+                 ctx: AttnContext, memory: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """State after step n: h [B, L, D], active [B, L] → [B, L, D] (frozen rows unchanged).
+        ``memory`` [B, L, D] (equal to h at frozen rows): the first block's keys/values."""
         if not bool(active.any()):
             return h
+        # no pad and nobody frozen: the masks would keep every row (skip them, ~4% of a step)
+        every = bool(active.all())
         x = h
         e = self.step_embedding(n) if self.step_embedding is not None else None
         if e is not None:
-            x = torch.where(active[..., None], h + e, h)
-        for block in self.core(n).blocks:
-            x = self.apply_block(block, x, active, ctx)
+            x = h + e if every else torch.where(active[..., None], h + e, h)
+            if memory is not None:
+                memory = memory + e if every else torch.where(active[..., None], memory + e, memory)
+        for i, block in enumerate(self.core(n).blocks):
+            x = self.apply_block(block, x, active, ctx, memory if i == 0 else None, every)
         return x
 
     # -- the loop ---------------------------------------------------------------------------
@@ -129,8 +138,9 @@ class Engine:
             step = CompactStepper(core=self.core, step_embedding=self.step_embedding, ctx=ctx,
                                   mask=mask, max_steps=N).step
         else:
-            def step(n: int, h: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-                return self.run_step(n, h, active, ctx)
+            def step(n: int, h: torch.Tensor, active: torch.Tensor,
+                     memory: Optional[torch.Tensor] = None) -> torch.Tensor:
+                return self.run_step(n, h, active, ctx, memory)
         grad = torch.is_grad_enabled()
         active = mask.clone()
         # pads never run and never pass gradient anywhere
@@ -140,15 +150,18 @@ class Engine:
         want_logits = policy.needs_step_logits(training)
         step_logits: list[torch.Tensor] = []
         memo = policy.start(View(n=0, max_steps=N, h=h, prev=None, active=active, mask=mask,
-                                 training=training, readout=readout))
+                                 training=training, readout=readout, causal=ctx.causal))
         view = None
+        memory: Optional[torch.Tensor] = None  # keys/values of the next step (None: h)
         for n in range(1, N + 1):
             # the last step's view holds the previous state: let go of it, so that a stepper
             # may reuse that buffer (the compact one checks that nobody else holds it)
             view = None
-            new = step(n, h, active)
+            new = step(n, h, active, memory) if memory is not None else step(n, h, active)
             view = View(n=n, max_steps=N, h=new, prev=h, active=active, mask=mask,
-                        training=training, readout=readout)
+                        training=training, readout=readout,
+                        step_emb=self.step_embedding(n) if self.step_embedding is not None else None,
+                        causal=ctx.causal)
             decision = policy.step(memo, view)
             if want_logits:
                 step_logits.append(view.logits())
@@ -168,6 +181,9 @@ class Engine:
                 # newly halted rows freeze at it, the others did not change — the step output
                 # is the next state
                 h = new
+            # frozen tokens show their state as keys/values; active ones the policy's memory
+            memory = (None if decision.memory is None
+                      else torch.where(still[..., None], decision.memory, h))
             active = still
         if not grad:
             exit_state = h  # every token is frozen at its exit state after step N

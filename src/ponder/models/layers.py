@@ -33,6 +33,7 @@ from torch import nn
 
 from ponder.errors import ConfigError
 from ponder.models.kinds import ATTENTIONS, FFNS, ROUTERS, NoKnobs
+from ponder.models.norm import rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -45,7 +46,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., D] → [..., D]."""
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return rms_norm(x, self.weight, self.eps)  # fused: saves x and the row scale only
 
 
 def make_norm(kind: str, d_model: int) -> nn.Module:
@@ -192,14 +193,17 @@ class AttentionKind(nn.Module):
     head_dim: int
     dropout: float
 
-    def forward(self, y: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
-        """Reference: y [B, L, D] (normed) → [B, L, D], every token a query."""
+    def forward(self, y: torch.Tensor, ctx: AttnContext,
+                y_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Reference: y [B, L, D] (normed) → [B, L, D], every token a query; keys/values from
+        ``y_kv`` [B, L, D] (normed) when given, else from y."""
         B, L, D = y.shape
         H, hd = self.n_heads, self.head_dim
         rows = y.reshape(B * L, D)
         rope = ctx.rope_rows(ctx.positions(B * L))
         q = self.queries(rows, rope).view(B, L, H, hd).transpose(1, 2)
-        kv = self.keys_values(rows, rope).view(B, L, 2, H, hd)
+        kv_rows = rows if y_kv is None else y_kv.reshape(B * L, D)
+        kv = self.keys_values(kv_rows, rope).view(B, L, 2, H, hd)
         k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
         p = self.dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask, dropout_p=p)
@@ -368,10 +372,13 @@ class Block(nn.Module):
         self.drop = nn.Dropout(spec.dropout)
 
     # -- the row-level pieces -------------------------------------------------------------
-    def kv_rows(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [R, D] block input → (norm1(x) [R, D], keys/values [R, 2·D])."""
+    def kv_rows(self, x: torch.Tensor, rope,
+                source: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [R, D] block input → (norm1(x) [R, D], keys/values [R, 2·D]); the keys/values
+        come from ``source`` [R, D] instead of x when given (SUT's stick-breaking: the
+        soft-halted mix is what the others attend to)."""
         y = self.norm1(x)
-        return y, self.attn.keys_values(y, rope)
+        return y, self.attn.keys_values(y if source is None else self.norm1(source), rope)
 
     def q_rows(self, y: torch.Tensor, rope) -> torch.Tensor:
         """y [R, D] (normed) → queries [R, H, hd]."""
@@ -389,10 +396,12 @@ class Block(nn.Module):
         return x + self.ffn(self.norm2(x), ctx, rows)
 
     # -- the reference ------------------------------------------------------------------
-    def forward(self, h: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
-        """h [B, L, D] → [B, L, D]."""
+    def forward(self, h: torch.Tensor, ctx: AttnContext,
+                source: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """h [B, L, D] → [B, L, D]; keys/values from ``source`` [B, L, D] when given."""
         B, L, D = h.shape
-        h = h + self.drop(self.attn(self.norm1(h), ctx))
+        y = self.norm1(h)
+        h = h + self.drop(self.attn(y, ctx, None if source is None else self.norm1(source)))
         return self.ffn_residual(h.reshape(B * L, D), ctx).view(B, L, D)
 
     def flops_per_token(self, n_keys: torch.Tensor | float) -> torch.Tensor | float:

@@ -91,6 +91,9 @@ class View:
     active     [B, L] bool      tokens that ran step n (at n = 0: real tokens)
     mask       [B, L] bool      real (non-pad) tokens
     training   bool             the model's training flag
+    step_emb   [D] | None       the step embedding e_n the engine added to the active tokens
+                                before step n (None at n = 0 or without one)
+    causal     bool             the model is causal (token t attends to positions ≤ t only)
     """
 
     n: int
@@ -101,6 +104,8 @@ class View:
     mask: torch.Tensor
     training: bool
     readout: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    step_emb: Optional[torch.Tensor] = None
+    causal: bool = False
     _logits: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def logits(self) -> torch.Tensor:
@@ -124,11 +129,16 @@ class Decision:
     state       [B, L, D] | None   state carried into the next step for still-active tokens
                                    (None: the step's output ``view.h``)
     exit_state  [B, L, D] | None   state a token halting now is frozen at (None: ``state``)
+    memory      [B, L, D] | None   what the next step's first block reads as the keys/values
+                                   of still-active tokens, while their queries, residual and
+                                   MLP use ``state`` (None: ``state`` for both; e.g. SUT's
+                                   soft-halted mix). Frozen tokens always show their state.
     """
 
     halt: torch.Tensor
     state: Optional[torch.Tensor] = None
     exit_state: Optional[torch.Tensor] = None
+    memory: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -165,6 +175,9 @@ class Policy(nn.Module):
     # names (as in ``named_parameters()`` of the policy) that the model's loss does not train,
     # e.g. a head fitted by a separate calibration; the gradient tests skip exactly these
     untrained_params: ClassVar[tuple[str, ...]] = ()
+    # names whose gradient is exactly 0 at initialisation because they sit behind a
+    # zero-initialised layer (SUT's gate); the gradient tests check them after one update
+    zero_grad_at_init: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, knobs: Any = None, **values: Any) -> None:
         super().__init__()

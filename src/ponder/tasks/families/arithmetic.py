@@ -1,4 +1,4 @@
-"""arithmetic (NDR): fully parenthesised expressions over digits with + - * mod 10.
+"""arithmetic (NDR's simple arithmetic, plus ``-``): parenthesised expressions mod 10.
 
 Input: e.g. ``( ( 3 + 4 ) * 2 )``: every bracket holds exactly one operator and two operands
 (digits or brackets). Target at every ``)``: the value of the bracket it closes, mod 10
@@ -7,7 +7,11 @@ has height 1). Features: ``nesting`` (0 at the outer bracket), ``subtree_size`` 
 ``position``, ``n`` (tokens), ``depth`` (height of the whole expression). Every example has
 an exact height drawn from [depth_min, depth_max] (ood: [ood_depth_min, ood_depth_max],
 strictly deeper); one operand of each bracket carries the height, the other is a bracket
-with probability ``p_nest`` (of a random lower height), else a digit.
+with probability ``p_nest`` (of a random lower height), else a digit. Operators:
+``operators="+-*"`` (default) or ``"+*"``, the only two of NDR's task (Csordás et al. 2022,
+``dataset/simple_arithmetic.py``; the ``-`` is ours). NDR counts a digit as depth 1, so its
+depth is our height + 1: the ``ndr`` preset trains on NDR depths 2–6 (heights 1–5) and takes
+its ``deeper`` set, depths 8–9, as ood (heights 7–8; NDR's valid depth 7 is height 6).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class ArithmeticConfig:
     ood_depth_min: int = knob(5, 1, 20, "lowest expression height (ood): must exceed depth_max")
     ood_depth_max: int = knob(6, 1, 20, "highest expression height (ood)")
     p_nest: float = knob(0.3, 0.0, 0.9, "probability that the other operand is a bracket")
+    operators: str = knob("+-*", choices=("+-*", "+*"), help="the operators drawn (NDR: +*)")
 
 
 @register
@@ -40,8 +45,9 @@ class Arithmetic(Task):
     Config = ArithmeticConfig
     presets = {
         "small": dict(depth_min=1, depth_max=4, ood_depth_min=5, ood_depth_max=6, p_nest=0.3),
-        # NDR-like split: train on shallow expressions, test much deeper ones.
-        "ndr": dict(depth_min=1, depth_max=5, ood_depth_min=6, ood_depth_max=10, p_nest=0.3),
+        # NDR's split (heights = NDR depth − 1): train 1–5, its "deeper" set 7–8; + and * only.
+        "ndr": dict(depth_min=1, depth_max=5, ood_depth_min=7, ood_depth_max=8, p_nest=0.3,
+                    operators="+*"),
     }
 
     def check(self) -> None:
@@ -54,7 +60,7 @@ class Arithmetic(Task):
     def split_params(self, split: str) -> dict:
         c = self.config
         depth = (c.ood_depth_min, c.ood_depth_max) if split == "ood" else (c.depth_min, c.depth_max)
-        return dict(depth=depth, p_nest=c.p_nest)
+        return dict(depth=depth, p_nest=c.p_nest, operators=tuple(c.operators))
 
     def sample(self, rng: random.Random, split: str) -> Draft:
         p = self.split_params(split)
@@ -84,7 +90,7 @@ class Arithmetic(Task):
             other = rng.randint(1, height - 1) if height > 1 and rng.random() < p["p_nest"] else 0
             heights = [height - 1, other] if rng.random() < 0.5 else [other, height - 1]
             x = operand(heights[0], level + 1)
-            op = rng.choice(OPERATORS)
+            op = rng.choice(p["operators"])
             tokens.append(op)
             blank()
             y = operand(heights[1], level + 1)
@@ -133,4 +139,4 @@ class Arithmetic(Task):
         return target, complexity
 
     def tokens(self) -> list[str]:
-        return ["(", ")"] + list(OPERATORS) + DIGITS
+        return ["(", ")"] + list(self.config.operators) + DIGITS

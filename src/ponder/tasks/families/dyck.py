@@ -111,11 +111,22 @@ class Dyck(Task):
     def solve(self, input: list[str]) -> tuple[list[str | None], list[int | None]]:
         target: list[str | None] = []
         complexity: list[int | None] = []
+        known = set(self.tokens()) - {NONE}
+        opened: list[str] = []  # only to validate: each closer must match the innermost opener
+        for i, tok in enumerate(input):
+            if tok not in known:
+                raise ConfigError(f"dyck: token {tok!r} at position {i} is not a bracket of "
+                                  f"the k={self.config.k} types")
+            if tok in CLOSER:
+                opened.append(tok)
+            elif not opened:
+                raise ConfigError(f"dyck: unbalanced close at position {i}")
+            elif CLOSER[opened.pop()] != tok:
+                raise ConfigError(f"dyck: {tok!r} at position {i} closes a bracket of another "
+                                  "type (wrong type or crossing pairs)")
         opens = 0
         for i, tok in enumerate(input):
             opens += 1 if tok in CLOSER else -1
-            if opens < 0:
-                raise ConfigError(f"dyck: unbalanced close at position {i}")
             complexity.append(opens)
             # Walk back from i, skipping matched pairs, to the innermost unclosed opener.
             pending = 0

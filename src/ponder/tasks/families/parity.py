@@ -76,6 +76,11 @@ class Parity(Task):
         return Draft(tokens, target, complexity, features, {"n": n, "k": k})
 
     def solve(self, input: list[str]) -> tuple[list[str | None], list[int | None]]:
+        if not input or input[-1] != "?":
+            raise ConfigError("parity: the input must end with '?'")
+        for i, tok in enumerate(input[:-1]):
+            if tok not in ("-1", "0", "1"):
+                raise ConfigError(f"parity: token {tok!r} at position {i} is not -1, 0 or 1")
         target: list[str | None] = [None] * len(input)
         complexity: list[int | None] = [None] * len(input)
         odd = False
