@@ -18,6 +18,7 @@ from ponder.errors import PonderError
 COMMAND_MODULES = (
     "ponder.tasks.cli",
     "ponder.policies.cli",
+    "ponder.models.cli",
     "ponder.train.cli",
     "ponder.eval.cli",
     "ponder.analysis.cli",

@@ -53,7 +53,17 @@ def model_dims(run: RunData) -> tuple[dict[str, int], bool]:
 
 
 def flops(frame: pd.DataFrame, dims: dict[str, int]) -> tuple[float, float]:
-    """(adaptive, fixed) forward FLOPs of the split's scored tokens."""
+    """(adaptive, fixed) forward FLOPs of the split's scored tokens. The adaptive figure is the
+    records' measured ``flops`` column when every row has it (what each token really used,
+    true for every kind: routers, experts, AdaTape's tape); else the formula below."""
+    adaptive, fixed = formula_flops(frame, dims)
+    if "flops" in frame.columns and len(frame) and bool(frame["flops"].notna().all()):
+        return float(frame["flops"].sum()), fixed
+    return adaptive, fixed
+
+
+def formula_flops(frame: pd.DataFrame, dims: dict[str, int]) -> tuple[float, float]:
+    """(adaptive, fixed) forward FLOPs of the split's scored tokens by the block formula."""
     d, d_ff = dims["d_model"], dims["d_ff"]
     length = frame.groupby(["split", "example"])["position"].transform("max").to_numpy(dtype=float) + 1
     block = 8.0 * d * d + 4.0 * d * d_ff + 4.0 * length * d            # [tokens]
@@ -91,6 +101,7 @@ def analyse(run: RunData) -> dict[str, dict[str, Any]]:
                 "dims": dims,
                 "dims_assumed": assumed,
                 "formula": FORMULA,
+                "measured": bool("flops" in frame.columns and n and frame["flops"].notna().all()),
             },
             "wall_s": float(wall) if wall is not None else None,
             "wall_us_per_token": float(wall) / n * 1e6 if wall is not None and n else None,

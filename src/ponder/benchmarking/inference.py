@@ -27,6 +27,7 @@ import torch
 import ponder.models as models
 from ponder.benchmarking.timing import interleaved, median, spread
 from ponder.models.config import ModelConfig
+from ponder.models.dispatch import run_group
 from ponder.models.layers import AttnContext
 from ponder.policies.scripted import ScriptedPolicy
 
@@ -114,13 +115,15 @@ def full_depth(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor)
     ctx = AttnContext.build(mask, causal=model.cfg.causal, rope=model.rotary)
     if not model.cfg.causal and bool(mask.all()):
         ctx.attn_mask = None  # nothing to mask: the unmasked attention kernel, the fastest
-    h = model.prelude(model.embed(tokens), ctx)
+    # attention through the same dispatcher (compiled kernels) as the compacted engine, so the
+    # two compare kernel for kernel
+    h = run_group(model.prelude, model.embed(tokens), ctx)
     for n in range(1, model.cfg.max_steps + 1):
         e = model.step_vector(n)
         if e is not None:
             h = h + e
-        h = model.core_group(n)(h, ctx)
-    return model.readout(h, ctx)
+        h = run_group(model.core_group(n), h, ctx)
+    return model.readout.head(model.readout.norm(run_group(model.readout.coda, h, ctx)))
 
 
 def candidates(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor,

@@ -83,7 +83,7 @@ def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
     N = run.cfg.model.max_steps
     cols: dict[str, list] = {k: [] for k in ("example", "split", "position", "token", "target",
                                              "prediction", "correct", "complexity", "steps",
-                                             "max_steps", "seen_label", "seq_correct")}
+                                             "max_steps", "seen_label", "seq_correct", "flops")}
     extra: dict[str, list] = {}
     wall = 0.0
     n_rows = 0
@@ -101,6 +101,7 @@ def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
         correct = (pred == batch.targets) & scored
         seq_ok = (correct | ~scored).all(-1)
         pred_l, steps_l, corr_l = pred.tolist(), steps.tolist(), correct.tolist()
+        flops_l = out.flops.tolist() if out.flops is not None else None
         feats = {k: v.tolist() for k, v in batch.features.items()}
         for b, ex in enumerate(examples):
             positions = ex.scored()
@@ -123,6 +124,7 @@ def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
                 cols["max_steps"].append(N)
                 cols["seen_label"].append(target in labels)
                 cols["seq_correct"].append(bool(seq_ok[b]))
+                cols["flops"].append(float(flops_l[b][pos]) if flops_l is not None else math.nan)
                 for k, v in ex.params.items():
                     extra.setdefault(PARAM_PREFIX + k, [None] * n_rows).append(v)
                 for k, v in feats.items():

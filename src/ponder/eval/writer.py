@@ -11,7 +11,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ponder.eval.records import FEATURE_PREFIX, FIXED_COLUMNS, PARAM_PREFIX, RECORDS_VERSION
+from ponder.eval.records import (FEATURE_PREFIX, FIXED_COLUMNS, OPTIONAL_COLUMNS, PARAM_PREFIX,
+                                 RECORDS_VERSION)
 
 _FIXED_TYPES = {
     "example": pa.int64(), "split": pa.string(), "position": pa.int64(), "token": pa.string(),
@@ -27,6 +28,10 @@ def records_table(cols: dict[str, list], meta: dict[str, Any]) -> pa.Table:
     for name in FIXED_COLUMNS:
         arrays.append(pa.array(cols[name], type=_FIXED_TYPES[name]))
         names.append(name)
+    for name in OPTIONAL_COLUMNS:
+        if name in cols:
+            arrays.append(pa.array(cols[name], type=pa.float64()))
+            names.append(name)
     for name in sorted(k for k in cols if k.startswith(PARAM_PREFIX)):
         arrays.append(pa.array(cols[name]))  # type inferred (ints, strings ...)
         names.append(name)

@@ -196,6 +196,7 @@ class CompactStepper:
         frozen = None
         for i, block in enumerate(blocks):
             self.ctx.count_block(block, active)
+            self.ctx.set_entering(active)
             out = self._block(block, x_r, n_active, rows, index, caches, i,
                               kv_src=m_r if i == 0 else None)
             if dense:
@@ -387,6 +388,7 @@ class CompactStepper:
                     ctx = self.ctx.keys_of(enter)
                     dispatch = Dispatch(ctx=ctx, attn=block.attn, dtype=h.dtype, device=h.device)
             self.ctx.count_block(block, enter, ctx)
+            self.ctx.set_entering(enter)
             if not bool(enter.any()):
                 continue
             index = dispatch.index(enter, dense=False)

@@ -91,12 +91,14 @@ class Engine:
         """
         if block.router is None:
             ctx.count_block(block, active)
+            ctx.set_entering(active)
             out = block(x, ctx, source=memory)
             return out if every else torch.where(active[..., None], out, x)
         route = block.router(x, active, ctx)
         enter = route.enter & active
         keys = ctx.keys_of(enter) if block.router.keys == "routed" else ctx
         ctx.count_block(block, enter, keys)
+        ctx.set_entering(enter)
         y = block(x, keys, source=memory)
         if route.weight is not None:
             y = x + route.weight[..., None] * (y - x)

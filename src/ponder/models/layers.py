@@ -84,6 +84,9 @@ class AttnContext:
     aux: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
     flops: Optional[torch.Tensor] = None
+    # which tokens are entering the block being run (set by whoever runs it); a dict so that
+    # every copy of the context (``keys_of``, ``dataclasses.replace``) shares it
+    entering: dict = field(default_factory=dict)
 
     @staticmethod
     def build(mask: torch.Tensor, *, causal: bool, rope: "Optional[Rotary]" = None) -> "AttnContext":
@@ -100,6 +103,23 @@ class AttnContext:
     def add_aux(self, name: str, value: torch.Tensor) -> None:
         """Add a (weighted, scalar) auxiliary loss term; terms of one name are summed."""
         self.aux[name] = self.aux[name] + value if name in self.aux else value
+
+    def set_entering(self, enter: Optional[torch.Tensor]) -> None:
+        """enter [B, L] bool: the tokens that run the next block call (None: every real token)."""
+        self.entering["mask"] = None if enter is None else enter.reshape(-1)
+
+    def row_weight(self, rows: Optional[torch.Tensor], n_rows: int, dtype: torch.dtype) -> torch.Tensor:
+        """[R] 1.0 at the rows (flat token indices; None: all ``B·L`` in order) of tokens that
+        really enter the block, 0.0 at the others (pads; frozen tokens that a dense pass
+        computes anyway). An FFN kind's aux losses and statistics average with it, so they
+        are the same in every execution mode."""
+        enter = self.entering.get("mask")
+        if enter is None:
+            enter = self.key_mask.reshape(-1)
+        w = enter if rows is None else enter.index_select(0, rows)
+        if w.numel() != n_rows:  # a caller outside the engine (e.g. a segment of the rows)
+            w = torch.ones(n_rows, dtype=torch.bool, device=enter.device)
+        return w.to(dtype)
 
     def add_stat(self, name: str, value: float) -> None:
         self.stats.setdefault(name, []).append(float(value))
@@ -258,7 +278,9 @@ class FFN(nn.Module):
 
     ``rows``: the rows' flat token indices ``b·L + l`` in the batch (None: all ``B·L`` tokens
     in natural order), for kinds that need to know which sequence a row belongs to. A kind
-    with auxiliary losses adds them with ``ctx.add_aux`` (never as module state).
+    with auxiliary losses adds them with ``ctx.add_aux`` (never as module state), averaged
+    over the rows that really enter the block (``ctx.row_weight(rows, R, dtype)``: a dense
+    pass also computes pads and frozen tokens, whose outputs are thrown away).
     """
 
     name: ClassVar[str] = ""

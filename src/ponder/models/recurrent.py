@@ -155,9 +155,13 @@ class RecurrentTransformer(nn.Module):
         for block in list(self.prelude.blocks) + list(self.readout.coda.blocks):
             ctx.count_block(block, mask)
         ctx.count_flops(mask, 2.0 * self.cfg.d_model * self.vocab_size)
+        ctx.set_entering(None)  # the prelude: every real token
         h0 = group(self.prelude, self.embed(tokens), ctx)
         # the per-step readouts are not counted: FLOPs are those of the inference answer
-        readout = lambda h: self.readout.head(self.readout.norm(group(self.readout.coda, h, ctx)))  # noqa: E731
+        def readout(h: torch.Tensor) -> torch.Tensor:
+            ctx.set_entering(None)  # the coda: every real token
+            return self.readout.head(self.readout.norm(group(self.readout.coda, h, ctx)))
+
         result = engine.run(h0=h0, mask=mask, ctx=ctx, readout=readout, training=self.training)
         halting = result.halting
         if result.step_logits is not None and halting.halt_step is not None:
