@@ -85,3 +85,17 @@ def test_cli_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, 
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("ponder")
     assert not out.exists()
+
+
+def test_knob_errors_name_their_key_path_and_cli_knobs_replace_the_files():
+    import pytest as _pytest
+    from ponder.errors import ConfigError as _ConfigError
+    from ponder.train.config import merge_config as _merge, validate_names as _validate
+
+    base = {"task": {"name": "list_rank", "knobs": {"m_min": 4, "m_max": 10}}}
+    with _pytest.raises(_ConfigError, match=r"^task\.knobs\.m_max='abc'"):
+        _validate(_merge(base, ["task.knobs.m_max=abc"]))
+    with _pytest.raises(_ConfigError, match=r"^policy\.knobs\."):
+        _validate(_merge(base, ["policy.name=act", "policy.knobs.tau=abc"]))
+    assert dict(_merge(base, ["task.knobs={m_min: 3}"]).task.knobs) == {"m_min": 3}
+    assert dict(_merge(base, ["task.knobs.m_min=3"]).task.knobs) == {"m_min": 3, "m_max": 10}

@@ -74,7 +74,12 @@ def block_spec(cfg: ModelConfig) -> BlockSpec:
                 raise ConfigError("model.router.knobs given without a router (router.kind is none)")
             knobs[what] = None
             continue
-        knobs[what] = registry.knobs(kind, dict(values))
+        try:
+            knobs[what] = registry.knobs(kind, dict(values))
+        except ConfigError as exc:
+            text = str(exc)
+            raise ConfigError(f"model.{what}.knobs.{text[5:]}" if text.startswith("knob ")
+                              else text) from None
         if cfg.causal and not registry.cls(kind).causal:
             raise ConfigError(f"{what} kind {kind!r} is not causal and cannot run in a causal model")
     return BlockSpec(d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff, norm=cfg.norm,

@@ -128,6 +128,21 @@ def _parse_overrides(overrides: Sequence[str]) -> Any:
         raise ConfigError(f"override: cannot parse value: {_one_line(exc)}") from None
 
 
+# knob mappings that a command-line override replaces whole
+WHOLE_MAPPINGS = ("task.knobs", "policy.knobs", "model.ffn.knobs", "model.attention.knobs",
+                  "model.router.knobs")
+
+
+def _knob_path(path: str, exc: ConfigError) -> ConfigError:
+    """The registries say ``knob m_max=...``; name the config key path instead."""
+    text = str(exc)
+    if text.startswith("knob "):
+        text = f"{path}.{text[len('knob '):]}"
+    else:
+        text = f"{path}: {text}"
+    return ConfigError(text)
+
+
 def merge_config(base: dict[str, Any] | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Defaults ← ``base`` (a plain dict, e.g. a YAML file) ← ``key=value`` overrides."""
     schema = OmegaConf.structured(TrainConfig)
@@ -136,6 +151,11 @@ def merge_config(base: dict[str, Any] | None = None, overrides: Sequence[str] = 
     except OmegaConfBaseException as exc:
         raise _omegaconf_error(exc, "config") from None
     if overrides:
+        # a whole knobs mapping given on the command line (``task.knobs={m_min: 3}``)
+        # replaces the file's instead of merging into it
+        for key in WHOLE_MAPPINGS:
+            if any(item.split("=", 1)[0].strip() == key for item in overrides):
+                OmegaConf.update(merged, key, {}, merge=False)
         try:
             merged = OmegaConf.merge(merged, _parse_overrides(overrides))
         except OmegaConfBaseException as exc:
@@ -192,14 +212,20 @@ def validate_names(cfg: TrainConfig) -> None:
     """Check task, policy and model names (and knobs) early, with the registries' own errors."""
     import ponder.tasks
 
-    ponder.tasks.get(cfg.task.name, cfg.task.preset, **dict(cfg.task.knobs))
+    try:
+        ponder.tasks.get(cfg.task.name, cfg.task.preset, **dict(cfg.task.knobs))
+    except ConfigError as exc:
+        raise _knob_path("task.knobs", exc) from None
     try:
         import ponder.policies as policies
         import ponder.models as models
     except ImportError as exc:  # pragma: no cover - only while the core is missing
         raise ConfigError(f"models/policies are not available: {exc}") from None
     if hasattr(policies, "get"):
-        policies.get(cfg.policy.name, **dict(cfg.policy.knobs))
+        try:
+            policies.get(cfg.policy.name, **dict(cfg.policy.knobs))
+        except ConfigError as exc:
+            raise _knob_path("policy.knobs", exc) from None
     kinds = getattr(models, "names", None)
     if callable(kinds) and cfg.model.kind not in kinds():
         raise ConfigError(f"unknown model kind {cfg.model.kind!r}; kinds: {', '.join(kinds())}")
