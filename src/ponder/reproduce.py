@@ -50,6 +50,7 @@ STOP_AT_ACC = 0.995
 NOTES_MARK = "<!-- notes -->"
 DEFAULT_BUDGET = 420.0
 REPO = Path(__file__).resolve().parents[2]
+PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass
@@ -76,8 +77,10 @@ def _budget(text: str) -> float:
 
 
 def default_configs_dir() -> Path:
+    """./configs when the working directory has one, else the configs shipped in the package
+    (``ponder/configs``, package data: a wheel install finds them from any directory)."""
     here = Path.cwd() / "configs"
-    return here if here.is_dir() else REPO / "configs"
+    return here if here.is_dir() else PACKAGE_CONFIGS
 
 
 def plan(args: argparse.Namespace) -> list[Job]:
