@@ -72,6 +72,7 @@ def test_cascade_writes_records_and_summary(runs, tmp_path, rule):
     assert s["test"]["flops"] == pytest.approx(rec["flops"].mean())
     assert set(rec["answered_by"]) <= {"small", "adaptive"}
     assert sum(s["test"]["answered_by"].values()) == pytest.approx(1.0)
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bad_input_one_line_exit_2_nothing_written(runs, tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 Examples 0..n-1 of the split are shuffled (seeded) into three parts: *fit* (40 %: the rule's
 classifiers), *calibrate* (30 %: thresholds) and *test* (30 %: every number reported).
-Outputs in ``--out``: ``records.parquet`` (one row per test example: which run answered, its
+Outputs in ``--out``: ``pareto.png`` (:mod:`.plot`), ``records.parquet`` (one row per test example: which run answered, its
 cost, correct) and ``summary.json`` (the rule's accuracy and cost, each run alone, the
 cost–quality curve, the deferral rate per complexity level, the calibration log).
 """
@@ -129,6 +129,7 @@ def write_outputs(out: Path | str, summary: dict[str, Any], records: dict[str, l
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ponder.cascade.plot import pareto_png
     from ponder.train.checkpoint import atomic_write_bytes, atomic_write_text
 
     out = Path(out)
@@ -138,4 +139,5 @@ def write_outputs(out: Path | str, summary: dict[str, Any], records: dict[str, l
     pq.write_table(pa.table(records), buf)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "records.parquet", buf.getvalue())
+    atomic_write_bytes(out / "pareto.png", pareto_png(summary))
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
