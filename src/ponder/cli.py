@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "ponder.train.cli",
     "ponder.eval.cli",
     "ponder.analysis.cli",
+    "ponder.cascade.cli",
     "ponder.bench",
     "ponder.demo",
     "ponder.reproduce",

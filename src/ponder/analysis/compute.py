@@ -55,23 +55,23 @@ def model_dims(run: RunData) -> tuple[dict[str, int], bool]:
 def flops(frame: pd.DataFrame, dims: dict[str, int]) -> tuple[float, float]:
     """(adaptive, fixed) forward FLOPs of the split's scored tokens. The adaptive figure is the
     records' measured ``flops`` column when every row has it (what each token really used,
-    true for every kind: routers, experts, AdaTape's tape); else the formula below."""
-    adaptive, fixed = formula_flops(frame, dims)
+    true for every kind: routers, experts, AdaTape's tape); else the block formula."""
+    adaptive, fixed = token_flops(frame, dims)
     if "flops" in frame.columns and len(frame) and bool(frame["flops"].notna().all()):
-        return float(frame["flops"].sum()), fixed
-    return adaptive, fixed
+        return float(frame["flops"].sum()), float(np.sum(fixed))
+    return float(np.sum(adaptive)), float(np.sum(fixed))
 
 
-def formula_flops(frame: pd.DataFrame, dims: dict[str, int]) -> tuple[float, float]:
-    """(adaptive, fixed) forward FLOPs of the split's scored tokens by the block formula."""
+def token_flops(frame: pd.DataFrame, dims: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(adaptive, fixed) forward FLOPs of each scored token by the block formula, [tokens]
+    each (row order kept)."""
     d, d_ff = dims["d_model"], dims["d_ff"]
     length = frame.groupby(["split", "example"])["position"].transform("max").to_numpy(dtype=float) + 1
     block = 8.0 * d * d + 4.0 * d * d_ff + 4.0 * length * d            # [tokens]
     outer = (dims["prelude"] + dims["coda"]) * block + 2.0 * d * dims["vocab_size"]
     steps = frame["steps"].to_numpy(dtype=float)
     full = frame["max_steps"].to_numpy(dtype=float)
-    return (float(np.sum(outer + steps * dims["core"] * block)),
-            float(np.sum(outer + full * dims["core"] * block)))
+    return outer + steps * dims["core"] * block, outer + full * dims["core"] * block
 
 
 def analyse(run: RunData) -> dict[str, dict[str, Any]]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
@@ -60,9 +60,11 @@ def check_levels(delta: float, epsilon: float) -> None:
 
 
 def fixed_sequence_test(candidates: Sequence[float], disagreements: Sequence[int], n: int, *,
-                        delta: float, epsilon: float) -> Calibration:
+                        delta: float, epsilon: float,
+                        p_value: Callable[[int, int, float], float] | None = None) -> Calibration:
     """Learn-then-Test on counts: ``disagreements[i]`` of ``n`` units disagree at
-    ``candidates[i]``. Tests from the largest λ down; returns the smallest certified λ."""
+    ``candidates[i]``. Tests from the largest λ down; returns the smallest certified λ.
+    ``p_value(k, n, δ)`` defaults to the binomial tail."""
     check_levels(delta, epsilon)
     if len(candidates) == 0 or len(candidates) != len(disagreements):
         raise ConfigError("calibration needs one disagreement count per candidate (and at least one)")
@@ -72,7 +74,7 @@ def fixed_sequence_test(candidates: Sequence[float], disagreements: Sequence[int
     result = Calibration(threshold=None, n=n)
     for i in order:
         k = int(disagreements[i])
-        p = binomial_p_value(k, n, delta)
+        p = (p_value or binomial_p_value)(k, n, delta)
         rejected = p <= epsilon
         result.tested.append((float(candidates[i]), k / n, p, rejected))
         if not rejected:
