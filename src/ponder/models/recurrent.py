@@ -111,7 +111,7 @@ class RecurrentTransformer(nn.Module):
         else:
             logits = self.readout(result.exit, ctx)
         aux = halting.aux_loss if halting.aux_loss is not None else logits.new_zeros(())
-        extras: dict = {"policy_stats": halting.stats}
+        extras: dict = {"policy_stats": halting.stats, "policy_carry": halting.carry}
         if halting.halt_dist is not None:
             extras["expected_steps"] = expected_steps(halting.halt_dist)
         return ModelOutput(logits=logits, steps=result.steps, halt_dist=halting.halt_dist,

@@ -139,12 +139,16 @@ class Halting:
     aux_loss   scalar             already weighted auxiliary loss (0 if none)
     halt_step  [B, L] long | None the step (1..N) the policy's inference rule picks
     stats      name → scalar tensor, reported by ``model.loss`` (detached there)
+    carry      name → tensor the policy's own ``loss`` needs from this forward (e.g. halting
+               logits per step, whose loss needs the targets); the model passes it on as
+               ``out.extras["policy_carry"]``
     """
 
     halt_dist: Optional[torch.Tensor] = None
     aux_loss: Optional[torch.Tensor] = None
     halt_step: Optional[torch.Tensor] = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    carry: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -189,6 +189,8 @@ class Trainer:
         targets = batch.targets.to(self.device)
         self.model.train()
         out = self.model(tokens, mask)
+        # oracle-supervised policies read the task's per-token complexity in their loss
+        out.extras["complexity"] = batch.complexity.to(self.device)
         loss, stats = self.model.loss(out, targets)
         with torch.no_grad():
             counts = batch_counts(out.logits, out.steps, targets)
