@@ -51,7 +51,7 @@ def cfg(kind: str, causal: bool, **kw) -> ModelConfig:
 
 # -- making a random model halt at varied depths ------------------------------------------
 KNOB_TRIES = {
-    "halt_bias": (-1.0, 0.0, 1.0, 2.0),
+    "halt_bias": (-1.0, 0.0, 1.0, 2.0, -6.0, -6.5),  # the last two: near the Q-head's −5 start
     "threshold": (0.01, 0.1, 0.3, 0.7, 0.4, 1.1),  # the last two: convergence exits on a random model
     "stop": (0.9, 0.6),
     "steps": (3,),
