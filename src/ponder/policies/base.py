@@ -169,6 +169,10 @@ class Policy(nn.Module):
     # names (as in ``named_parameters()`` of the policy) that the model's loss does not train,
     # e.g. a head fitted by a separate calibration; the gradient tests skip exactly these
     untrained_params: ClassVar[tuple[str, ...]] = ()
+    # the rule works for a loop count other than the bound N (``view.max_steps`` differs from
+    # ``self.max_steps``: depth randomisation in training, test-time depth); False for policies
+    # with one parameter per step
+    any_depth: ClassVar[bool] = True
 
     def __init__(self, *, knobs: Any = None, **values: Any) -> None:
         super().__init__()
