@@ -52,14 +52,17 @@ def cfg(kind: str, causal: bool, **kw) -> ModelConfig:
 
 # -- making a random model halt at varied depths ------------------------------------------
 KNOB_TRIES = {
-    "halt_bias": (-1.0, 0.0, 1.0, 2.0),
-    "threshold": (0.01, 0.1, 0.3, 0.7),
+    "halt_bias": (-1.0, 0.0, 1.0, 2.0, -6.0, -6.5),  # the last two: near the Q-head's −5 start
+    "threshold": (0.01, 0.1, 0.3, 0.7, 0.4, 1.1),  # the last two: convergence exits on a random model
     "stop": (0.9, 0.6),
     "steps": (3,),
     "patience": (1,),
     # ut_act's t2t semantics freeze nothing before N in a causal model: test its frozen one there
     "semantics": ("frozen",),
+    "hits": (1,),
 }
+# knob combinations tried after the single knobs (a two-hit test needs a looser threshold too)
+KNOB_COMBOS = ({"threshold": 0.35, "hits": 1},)
 
 
 def candidates(name: str):
@@ -71,6 +74,7 @@ def candidates(name: str):
             lo, hi = fields[knob].metadata.get("lo"), fields[knob].metadata.get("hi")
             overrides += [{knob: v} for v in values
                           if (lo is None or v >= lo) and (hi is None or v <= hi)]
+    overrides += [dict(c) for c in KNOB_COMBOS if set(c) <= set(fields)]
     return [(o, perturb) for perturb in (False, True) for o in overrides]
 
 

@@ -238,9 +238,12 @@ def test_overfits_one_batch(name):
     losses = []
     for _ in range(25):
         out = model(batch.tokens, batch.mask)
-        loss, _ = model.loss(out, batch.targets)
+        loss, stats = model.loss(out, batch.targets)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        # a policy whose loss also fits a value function (Q-halting) reports the prediction part:
+        # its value targets (is the answer right yet?) move as the model learns, so the value
+        # loss is not monotone over a few dozen steps
+        losses.append(stats.get("prediction_loss", loss.item()))
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5

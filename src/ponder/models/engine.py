@@ -65,11 +65,14 @@ class Engine:
 
     core(n) → the :class:`Group` of blocks for step n (shared for recurrent, layer n for stacked)
     step_embedding(n) → [D] tensor added to active tokens' states before step n, or None
+    no_grad_steps: steps 1..k run without autograd (truncated backprop through the last steps);
+    the policy still sees every step
     """
 
     def __init__(self, *, policy: Policy, max_steps: int, execution: str = "dense",
                  core: Callable[[int], Group],
-                 step_embedding: Optional[Callable[[int], Optional[torch.Tensor]]] = None) -> None:
+                 step_embedding: Optional[Callable[[int], Optional[torch.Tensor]]] = None,
+                 no_grad_steps: int = 0) -> None:
         if execution not in EXECUTIONS:
             raise ConfigError(f"unknown execution {execution!r}; executions: {', '.join(EXECUTIONS)}")
         self.policy = policy
@@ -77,6 +80,8 @@ class Engine:
         self.execution = execution
         self.core = core
         self.step_embedding = step_embedding
+        # truncated backprop through depth: steps 1..no_grad_steps run without autograd
+        self.no_grad_steps = no_grad_steps
 
     # -- the one place a block runs ---------------------------------------------------------
     def apply_block(self, block: Block, x: torch.Tensor, active: torch.Tensor,
@@ -159,7 +164,8 @@ class Engine:
             # the last step's view holds the previous state: let go of it, so that a stepper
             # may reuse that buffer (the compact one checks that nobody else holds it)
             view = None
-            new = step(n, h, active, memory) if memory is not None else step(n, h, active)
+            with torch.set_grad_enabled(grad and n > self.no_grad_steps):
+                new = step(n, h, active, memory) if memory is not None else step(n, h, active)
             view = View(n=n, max_steps=N, h=new, prev=h, active=active, mask=mask,
                         training=training, readout=readout,
                         step_emb=self.step_embedding(n) if self.step_embedding is not None else None,

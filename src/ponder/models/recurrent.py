@@ -88,6 +88,17 @@ def block_spec(cfg: ModelConfig) -> BlockSpec:
                      router=cfg.router.kind, router_knobs=knobs["router"])
 
 
+def check_depth(model: nn.Module, n_steps: int) -> None:
+    """Refuse a loop count the model or its policy cannot run (ConfigError)."""
+    if n_steps < 1:
+        raise ConfigError(f"steps={n_steps} must be at least 1")
+    if model.kind != "recurrent" and n_steps > model.cfg.max_steps:
+        raise ConfigError(f"a {model.kind} model has {model.cfg.max_steps} layers; steps={n_steps} is too many")
+    if not type(model.policy).any_depth:
+        raise ConfigError(f"policy {model.policy.name!r} is bound to max_steps={model.cfg.max_steps} "
+                          f"and cannot run {n_steps} steps")
+
+
 class RecurrentTransformer(nn.Module):
     """A prelude, a core applied up to N steps under a policy, a coda and a head.
 
@@ -140,11 +151,19 @@ class RecurrentTransformer(nn.Module):
         return self.core
 
     def step_vector(self, n: int) -> Optional[torch.Tensor]:
-        """[D] added to active tokens before step n, or None."""
-        return self.step_emb.weight[n - 1] if self.step_emb is not None else None
+        """[D] added to active tokens before step n, or None (steps beyond ``max_steps``, at a
+        test-time depth, reuse the last step's embedding)."""
+        return self.step_emb.weight[min(n, self.cfg.max_steps) - 1] if self.step_emb is not None else None
 
     # -- the forward contract ----------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, mask: Optional[torch.Tensor] = None) -> ModelOutput:
+    def forward(self, tokens: torch.Tensor, mask: Optional[torch.Tensor] = None, *,
+                steps: Optional[int] = None, backprop: int = 0) -> ModelOutput:
+        """``steps``: the loop count of this forward (default ``cfg.max_steps``; depth
+        randomisation in training, test-time depth at inference); ``backprop`` k > 0: gradient
+        only through the last k steps (the earlier ones run without autograd)."""
+        n_steps = self.cfg.max_steps if steps is None else int(steps)
+        if n_steps != self.cfg.max_steps:
+            check_depth(self, n_steps)
         if tokens.dim() != 2:
             raise ConfigError(f"tokens must be [batch, seq], got shape {tuple(tokens.shape)}")
         if mask is None:
@@ -152,8 +171,9 @@ class RecurrentTransformer(nn.Module):
         mask = mask.bool()
         ctx = AttnContext.build(mask, causal=self.cfg.causal, rope=self.rotary)
         ctx.flops = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
-        engine = Engine(policy=self.policy, max_steps=self.cfg.max_steps, execution=self.cfg.execution,
-                        core=self.core_group, step_embedding=self.step_vector)
+        engine = Engine(policy=self.policy, max_steps=n_steps, execution=self.cfg.execution,
+                        core=self.core_group, step_embedding=self.step_vector,
+                        no_grad_steps=max(n_steps - backprop, 0) if backprop > 0 else 0)
         # at inference the compacted path also runs the prelude and coda through the
         # dispatcher (the compiled kernels); the reference runs them as plain modules
         group = run_group if engine.compacts(self.training) else (lambda g, h, c: g(h, c))
@@ -177,7 +197,7 @@ class RecurrentTransformer(nn.Module):
         else:
             logits = readout(result.exit)
         aux = halting.aux_loss if halting.aux_loss is not None else logits.new_zeros(())
-        extras: dict = {"policy_stats": halting.stats}
+        extras: dict = {"policy_stats": halting.stats, "policy_carry": halting.carry}
         if ctx.stats:
             extras["block_stats"] = {k: sum(v) / len(v) for k, v in ctx.stats.items()}
         if halting.halt_dist is not None:

@@ -33,6 +33,8 @@ class AniraE(Policy):
     paper = ANIRA_PAPER + " — early"
     Knobs = AniraEKnobs
 
+    any_depth = False  # a softmax head over exactly 1..N
+
     def bind(self, *, d_model: int, max_steps: int) -> None:
         super().bind(d_model=d_model, max_steps=max_steps)
         self.head = nn.Linear(d_model, max_steps)

@@ -149,12 +149,16 @@ class Halting:
     aux_loss   scalar             already weighted auxiliary loss (0 if none)
     halt_step  [B, L] long | None the step (1..N) the policy's inference rule picks
     stats      name → scalar tensor, reported by ``model.loss`` (detached there)
+    carry      name → tensor the policy's own ``loss`` needs from this forward (e.g. halting
+               logits per step, whose loss needs the targets); the model passes it on as
+               ``out.extras["policy_carry"]``
     """
 
     halt_dist: Optional[torch.Tensor] = None
     aux_loss: Optional[torch.Tensor] = None
     halt_step: Optional[torch.Tensor] = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    carry: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,10 @@ class Policy(nn.Module):
     # names whose gradient is exactly 0 at initialisation because they sit behind a
     # zero-initialised layer (SUT's gate); the gradient tests check them after one update
     zero_grad_at_init: ClassVar[tuple[str, ...]] = ()
+    # the rule works for a loop count other than the bound N (``view.max_steps`` differs from
+    # ``self.max_steps``: depth randomisation in training, test-time depth); False for policies
+    # with one parameter per step
+    any_depth: ClassVar[bool] = True
 
     def __init__(self, *, knobs: Any = None, **values: Any) -> None:
         super().__init__()

@@ -80,6 +80,7 @@ def dat_log_dist(z: torch.Tensor) -> torch.Tensor:
 @register
 class Dat(PerExitPolicy):
     name = "dat"
+    any_depth = False  # one halting classifier per layer
     kinds = ("stacked", "recurrent")
     paper = "Elbayad, Gu, Grave, Auli 2020, Depth-Adaptive Transformer"
     Knobs = DatKnobs

@@ -30,16 +30,18 @@ class Fixed(Policy):
         if self.knobs.steps > self.max_steps:
             raise ConfigError(f"fixed: steps={self.knobs.steps} exceeds max_steps={self.max_steps}")
 
-    @property
-    def depth(self) -> int:
-        return self.knobs.steps or self.max_steps
+    def depth(self, view: View) -> int:
+        """The steps of this forward: ``steps``, or the loop count (``view.max_steps``; the
+        model's N unless a forward runs another depth), capped by the loop count."""
+        return min(self.knobs.steps or view.max_steps, view.max_steps)
 
     def step(self, memo: dict, view: View) -> Decision:
-        return Decision(halt=torch.full_like(view.mask, view.n == self.depth))
+        return Decision(halt=torch.full_like(view.mask, view.n == self.depth(view)))
 
     def finish(self, memo: dict, view: View) -> Halting:
         B, L = view.mask.shape
+        depth = self.depth(view)
         dist = torch.zeros(B, L, view.max_steps, dtype=view.h.dtype, device=view.h.device)
-        dist[..., self.depth - 1] = 1.0
-        step = torch.full((B, L), self.depth, dtype=torch.long, device=view.h.device)
+        dist[..., depth - 1] = 1.0
+        step = torch.full((B, L), depth, dtype=torch.long, device=view.h.device)
         return Halting(halt_dist=dist, halt_step=step)

@@ -107,6 +107,16 @@ def geometric_log_prior(lambda_p: float, max_steps: int, *, dtype=torch.float32,
     return torch.log_softmax(logits, 0).clamp_min(LOG_FLOOR).to(dtype=dtype, device=device)
 
 
+def uniform_log_prior(max_steps: int, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """log of the uniform prior over 1..N → [N]. KL(p ‖ uniform) = log N − H(p): an entropy
+    bonus (Ouro's stage-I objective ``Σ p L − β H(p)`` up to a constant); a geometric prior
+    under-trains the late steps."""
+    return torch.full((max_steps,), -math.log(max_steps), dtype=dtype, device=device)
+
+
+PRIORS = ("geometric", "uniform")
+
+
 def kl_to_prior(log_p: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
     """KL(p ‖ prior) per token: log_p [..., N], log_prior [N] → [...].
 
@@ -119,9 +129,13 @@ def kl_to_prior(log_p: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
 
 
 def compute_regulariser(log_p: torch.Tensor, mask: torch.Tensor, *, beta: float,
-                        lambda_p: float) -> torch.Tensor:
+                        lambda_p: float, prior: str = "geometric") -> torch.Tensor:
     """β · mean over real tokens of KL(p ‖ truncated Geometric(λ_p)) — shared by PonderNet and
-    both ANIRA policies so that only the timing of the decision differs between them."""
+    both ANIRA policies so that only the timing of the decision differs between them.
+    ``prior="uniform"``: KL(p ‖ uniform over 1..N) instead (``λ_p`` unused)."""
+    if prior == "uniform":
+        prior_log = uniform_log_prior(log_p.shape[-1], dtype=log_p.dtype, device=log_p.device)
+        return beta * masked_mean(kl_to_prior(log_p, prior_log), mask)
     prior = geometric_log_prior(lambda_p, log_p.shape[-1], dtype=log_p.dtype, device=log_p.device)
     return beta * masked_mean(kl_to_prior(log_p, prior), mask)
 

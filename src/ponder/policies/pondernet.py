@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ponder.policies.base import Decision, Halting, Policy, View, knob
-from ponder.policies.halting import (THRESHOLD_TOL, compute_regulariser, conditional_log_step, halting_head,
+from ponder.policies.halting import (PRIORS, THRESHOLD_TOL, compute_regulariser, conditional_log_step, halting_head,
                                      expected_steps, masked_mean, threshold_step)
 from ponder.policies.registry import register
 
@@ -16,6 +16,7 @@ from ponder.policies.registry import register
 class PonderNetKnobs:
     beta: float = knob(0.01, 0.0, 100.0, "weight of KL(p ‖ truncated Geometric(λ_p))")
     lambda_p: float = knob(0.2, 1e-4, 1.0, "halting probability of the geometric prior")
+    prior: str = knob("geometric", choices=PRIORS, help="KL to: geometric(λ_p) | uniform (an entropy bonus, Ouro)")
     threshold: float = knob(0.5, 1e-3, 1.0, "inference: halt at the first n with Σ p ≥ threshold")
     halt_bias: float = knob(-3.0, -100.0, 100.0, "initial bias of the halting logit (negative = start deep)")
 
@@ -59,7 +60,8 @@ class ConditionalHalting(Policy):
     def finish(self, memo: dict, view: View) -> Halting:
         log_p = torch.stack(memo["log_p"], -1)
         dist = log_p.exp()
-        aux = compute_regulariser(log_p, view.mask, beta=self.knobs.beta, lambda_p=self.knobs.lambda_p)
+        aux = compute_regulariser(log_p, view.mask, beta=self.knobs.beta, lambda_p=self.knobs.lambda_p,
+                                  prior=self.knobs.prior)
         return Halting(halt_dist=dist, aux_loss=aux, halt_step=threshold_step(dist, self.knobs.threshold),
                        stats={"expected_steps": masked_mean(expected_steps(dist), view.mask)})
 

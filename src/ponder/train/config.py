@@ -74,6 +74,17 @@ class RunConfig:
 
 
 @dataclass
+class DepthConfig:
+    """Depth randomisation in training (``ponder.train.depth``): a loop count per step."""
+
+    sampler: str = "none"          # none | poisson_lognormal (Huginn) | uniform
+    mean: float = 0.0              # r̄ of the Poisson-lognormal (0 = max_steps / 2)
+    sigma: float = 0.5             # σ of the lognormal
+    min_steps: int = 1             # the draw is clamped to min_steps..model.max_steps
+    backprop: int = 0              # gradient through the last k steps only (0 = every step)
+
+
+@dataclass
 class TrainConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -81,6 +92,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    depth: DepthConfig = field(default_factory=DepthConfig)
 
 
 def _one_line(text: str) -> str:
@@ -206,6 +218,9 @@ def check_ranges(cfg: TrainConfig) -> None:
     _require(m.prelude >= 0 and m.coda >= 0, "model.prelude and model.coda must be >= 0")
     _require(m.d_model % m.n_heads == 0,
              f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
+    from ponder.train.depth import check_depth_config
+
+    check_depth_config(cfg.depth, max_steps=m.max_steps)
 
 
 def validate_names(cfg: TrainConfig) -> None:
@@ -244,6 +259,6 @@ def from_dict(data: dict[str, Any]) -> TrainConfig:
     return merge_config(data)
 
 
-__all__ = ["TaskConfig", "PolicyConfig", "OptimConfig", "ScheduleConfig", "RunConfig",
+__all__ = ["TaskConfig", "PolicyConfig", "OptimConfig", "ScheduleConfig", "RunConfig", "DepthConfig",
            "TrainConfig", "ModelConfig", "load_config", "merge_config", "check_ranges",
            "validate_names", "to_dict", "to_yaml", "from_dict", "asdict"]

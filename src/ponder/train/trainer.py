@@ -29,6 +29,7 @@ from ponder.tasks import IGNORE_INDEX, Vocab, stream
 from ponder.train import distributed as D
 from ponder.train.checkpoint import (atomic_write_text, has_checkpoint, load_checkpoint,
                                      load_weights, save_checkpoint)
+from ponder.train import depth as depth_rand
 from ponder.train.config import TrainConfig, validate_names
 from ponder.train.metrics import MetricsWriter
 from ponder.train.prefetch import Prefetcher
@@ -117,6 +118,7 @@ class Trainer:
         self.task = build_task(cfg)
         self.vocab = Vocab.for_task(self.task)
         self.model = self.model_factory(cfg, len(self.vocab)).to(self.device)
+        depth_rand.check_model(cfg.depth, self.model)
         D.broadcast_params(self.model, self.world)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
@@ -188,8 +190,15 @@ class Trainer:
         mask = batch.mask.to(self.device)
         targets = batch.targets.to(self.device)
         self.model.train()
-        out = self.model(tokens, mask)
+        # depth randomisation: this step's loop count, drawn from (seed, step) only
+        depth = depth_rand.forward_kwargs(self.cfg.depth, max_steps=self.cfg.model.max_steps,
+                                          seed=self.cfg.run.seed, step=self.step)
+        out = self.model(tokens, mask, **depth)
+        # oracle-supervised policies read the task's per-token complexity in their loss
+        out.extras["complexity"] = batch.complexity.to(self.device)
         loss, stats = self.model.loss(out, targets)
+        if "steps" in depth:
+            stats["loop_steps"] = float(depth["steps"])
         with torch.no_grad():
             counts = batch_counts(out.logits, out.steps, targets)
             n_local = counts[0].clone()
