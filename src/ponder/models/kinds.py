@@ -22,7 +22,7 @@ import dataclasses
 from typing import Any, Generic, TypeVar
 
 from ponder.errors import ConfigError
-from ponder.tasks.base import validate_config
+from ponder.tasks.base import describe_knobs, validate_config
 
 K = TypeVar("K", bound=type)
 
@@ -77,17 +77,7 @@ class Registry(Generic[K]):
         out = []
         for name in self.names():
             cls = self._classes[name]
-            knobs = []
-            for f in dataclasses.fields(cls.Knobs):
-                meta = f.metadata
-                if meta.get("choices"):
-                    rng = "|".join(map(str, meta["choices"]))
-                elif meta.get("lo") is not None or meta.get("hi") is not None:
-                    rng = f"[{meta.get('lo')}, {meta.get('hi')}]"
-                else:
-                    rng = ""
-                knobs.append(f"{f.name}={f.default!r} {rng}".strip())
-            out.append((name, "yes" if cls.causal else "no", "\n".join(knobs) or "-",
+            out.append((name, "yes" if cls.causal else "no", describe_knobs(cls.Knobs),
                         getattr(cls, "paper", "")))
         return out
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from ponder.policies.registry import names, policy_class
+from ponder.tasks.base import describe_knobs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,18 +22,8 @@ def rows() -> list[tuple[str, str, str, str, str, str, str]]:
     out = []
     for name in names():
         cls = policy_class(name)
-        knobs = []
-        for f in dataclasses.fields(cls.Knobs):
-            meta = f.metadata
-            if meta.get("choices"):
-                rng = "|".join(map(str, meta["choices"]))
-            elif meta.get("lo") is not None or meta.get("hi") is not None:
-                rng = f"[{meta.get('lo')}, {meta.get('hi')}]"
-            else:
-                rng = ""
-            knobs.append(f"{f.name}={f.default!r} {rng}".strip())
         out.append((name, "online" if cls.online else "early", "yes" if cls.causal else "no",
-                    ", ".join(cls.kinds), cls.objective, "\n".join(knobs) or "-", cls.paper))
+                    ", ".join(cls.kinds), cls.objective, describe_knobs(cls.Knobs), cls.paper))
     return out
 
 

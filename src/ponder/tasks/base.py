@@ -42,6 +42,22 @@ def knob(default: Any, lo: float | None = None, hi: float | None = None, help: s
     return field(default=default, metadata={"lo": lo, "hi": hi, "help": help, "choices": choices})
 
 
+def describe_knobs(knobs_cls: type) -> str:
+    """One line per knob of a knobs dataclass: ``name=default [lo, hi]`` or ``name=default a|b``
+    (for the CLI's catalogue tables); ``-`` when there are none."""
+    lines = []
+    for f in dataclasses.fields(knobs_cls):
+        meta = f.metadata
+        if meta.get("choices"):
+            rng = "|".join(map(str, meta["choices"]))
+        elif meta.get("lo") is not None or meta.get("hi") is not None:
+            rng = f"[{meta.get('lo')}, {meta.get('hi')}]"
+        else:
+            rng = ""
+        lines.append(f"{f.name}={f.default!r} {rng}".strip())
+    return "\n".join(lines) or "-"
+
+
 @dataclass
 class Draft:
     """What ``Task.sample`` returns: one example before it is stamped with split/index."""
