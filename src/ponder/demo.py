@@ -7,9 +7,11 @@ distance from the head), evaluates each in distribution (``valid``) and on longe
 steps a token took and its complexity, learned without any complexity supervision — then
 analyses the runs and writes an HTML report.
 
-Every run stops when its validation token accuracy reaches ``STOP_AT_ACC`` or its share of
-the wall-clock budget runs out; time a run does not use goes to the runs after it. The
-runs' configs are ``configs/demo_<policy>.yaml`` (the same settings as ``DEMO_RUNS``).
+Every run stops when its validation token accuracy reaches ``STOP_AT_ACC`` or at its step
+cap (``DemoRun.max_steps``, or ``--steps``), with a fixed thread count (``--threads``, default
+``DEFAULT_THREADS``): the table is a function of the command alone, not of the machine's
+load. Wall-clock time is measured and reported, never used to stop a run. The runs' configs
+are ``configs/demo_<policy>.yaml`` (the same settings as ``DEMO_RUNS``).
 """
 
 from __future__ import annotations
@@ -43,36 +45,49 @@ COMMON = [
     "model.d_ff=128", "model.prelude=1", "model.core=1", "model.coda=0", "model.max_steps=8",
     "model.token_parts=true",
     "optim.lr=3e-3", "optim.weight_decay=0.0", "optim.grad_clip=1.0",
+    # schedule.total is fixed, not the step cap: a run stopped at step s has followed the
+    # same trajectory as a longer one up to s.
     "schedule.warmup=50", "schedule.total=3000", "schedule.min_ratio=0.1",
-    "run.seed=0", "run.batch_size=64", "run.steps=3000", "run.eval_every=50",
+    "run.seed=0", "run.batch_size=64", "run.eval_every=50",
     "run.ckpt_every=250", "run.log_every=10", "run.valid_batches=4",
 ]
 HALTING = ["policy.knobs.beta=0.05", "policy.knobs.lambda_p=0.3", "policy.knobs.halt_bias=-3.0"]
 STOP_AT_ACC = 0.99
+# Fixed, never chosen from the machine's load: floating-point reductions split work by thread
+# count, so a different count may give (slightly) different weights. 2 = the cores of the
+# reference machine; on a busy machine the demo is slower, not different.
+DEFAULT_THREADS = 2
 
 
 @dataclass(frozen=True)
 class DemoRun:
     policy: str
     overrides: tuple[str, ...]
-    share: float          # fraction of the training budget
+    max_steps: int        # step cap: the run stops here if it has not reached STOP_AT_ACC
+
+    @property
+    def config_overrides(self) -> tuple[str, ...]:
+        """The run's own settings, step cap included (what configs/demo_<policy>.yaml holds)."""
+        return (*self.overrides, f"run.steps={self.max_steps}")
 
 
-# Trained in this order; the fixed baseline goes last so that it inherits the time the
-# adaptive runs leave when they reach STOP_AT_ACC early (it needs ~1,000 steps to leave
-# list_rank's plateau, the adaptive runs 500-900). Tables list it first.
+# Caps: ~1.5x the steps each run took to reach STOP_AT_ACC on an idle 2-core machine
+# (fixed ~1,400 steps to leave list_rank's plateau, anira_e ~700, anira_o ~900), and small
+# enough that three capped runs still fit the demo's 5 minutes there. Tables list fixed first.
 DEMO_RUNS: tuple[DemoRun, ...] = (
-    DemoRun("anira_e", ("policy.name=anira_e", *HALTING), 0.33),
-    DemoRun("anira_o", ("policy.name=anira_o", *HALTING), 0.42),   # needs ~850 steps, anira_e ~650
-    DemoRun("fixed", ("policy.name=fixed",), 0.25),
+    DemoRun("anira_e", ("policy.name=anira_e", *HALTING), 1000),
+    DemoRun("anira_o", ("policy.name=anira_o", *HALTING), 1200),
+    DemoRun("fixed", ("policy.name=fixed",), 1600),
 )
 TABLE_ORDER = ("fixed", "anira_e", "anira_o")
 SUMMARY_FIELDS = ("policy", "valid_acc", "ood_acc", "mean_steps", "spearman", "train_s")
 
 
-def run_overrides(run: DemoRun, *, budget_s: float, threads: int) -> list[str]:
-    return [*COMMON, *run.overrides, f"run.threads={threads}",
-            f"run.time_budget_s={budget_s:.1f}", f"run.stop_at_acc={STOP_AT_ACC}"]
+def run_overrides(run: DemoRun, *, threads: int, steps: int | None = None) -> list[str]:
+    """Config overrides of one demo run; ``steps`` replaces the run's own step cap."""
+    cap = run.max_steps if steps is None else steps
+    return [*COMMON, *run.overrides, f"run.steps={cap}", f"run.threads={threads}",
+            f"run.stop_at_acc={STOP_AT_ACC}"]
 
 
 def spearman(steps: Any, complexity: Any) -> float | None:
@@ -103,41 +118,6 @@ def verdict(records: list[dict[str, Any]]) -> str:
     return line
 
 
-def busy_cpus(seconds: float = 0.5) -> float:
-    """CPUs kept busy by other work right now, sampled from /proc/stat over ``seconds``.
-
-    The load average would still count the set-up that ran just before (``make demo``
-    installs packages first), so it would always report a busy machine on a fresh clone.
-    Returns the 1-minute load average where /proc/stat is not available.
-    """
-    def snapshot() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields), idle
-
-    try:
-        total0, idle0 = snapshot()
-        time.sleep(seconds)
-        total1, idle1 = snapshot()
-    except (OSError, ValueError, IndexError):
-        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    cpus = os.cpu_count() or 1
-    if total1 <= total0:
-        return 0.0
-    return cpus * (1.0 - (idle1 - idle0) / (total1 - total0))
-
-
-def auto_threads() -> int:
-    """2 threads on an idle 2-core machine; 1 when other work already keeps a core busy.
-
-    Oversubscribed OpenMP threads spin against each other: on this machine, 2 threads under
-    a load average of ~6 ran a step several times slower than 1 thread.
-    """
-    cpus = os.cpu_count() or 1
-    return max(1, min(2, cpus)) if busy_cpus() < 0.5 * cpus else 1
-
-
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "—" if value is None else format(value, spec)
 
@@ -148,15 +128,17 @@ def print_table(records: list[dict[str, Any]]) -> None:
 
     table = Table(title="ponder demo: list_rank (m 4–10; ood m 12–16)",
                   caption="acc = token accuracy; ood seen = on labels seen in training; steps = "
-                          "mean steps on valid (of max); ρ = Spearman(steps, complexity) on valid")
+                          "mean steps on valid (of max); ρ = Spearman(steps, complexity) on valid; "
+                          "trained = training steps (stopped at valid acc or the cap); train s = "
+                          "wall clock, reported only")
     for name, justify in (("policy", "left"), ("valid acc", "right"), ("ood acc", "right"),
                           ("ood seen", "right"), ("steps", "right"), ("ρ", "right"),
-                          ("train s", "right")):
+                          ("trained", "right"), ("train s", "right")):
         table.add_column(name, justify=justify, no_wrap=True)
     for r in records:
         table.add_row(r["policy"], _fmt(r["valid_acc"]), _fmt(r["ood_acc"]), _fmt(r["ood_acc_seen"]),
                       f"{_fmt(r['mean_steps'], '.2f')} / {r['max_steps']}", _fmt(r["spearman"]),
-                      _fmt(r["train_s"], ".0f"))
+                      str(r["train_steps"]), _fmt(r["train_s"], ".0f"))
     Console().print(table)
 
 
@@ -188,27 +170,22 @@ def run(args: argparse.Namespace) -> int:
 
     from ponder.errors import ConfigError
 
-    if args.threads is None:
-        args.threads = auto_threads()
-    if not args.budget > 0 or args.threads < 1 or args.n < 1:
-        raise ConfigError("--budget must be > 0, --threads and --n >= 1")
+    if (args.steps is not None and args.steps < 1) or args.threads < 1 or args.n < 1:
+        raise ConfigError("--steps, --threads and --n must be >= 1")
     t0 = time.perf_counter()
     out = Path(args.out)
     runs = [r for r in DEMO_RUNS if not args.policies or r.policy in args.policies]
     _prepare_out(out, [r.policy for r in runs])
-    print(f"ponder demo: {len(runs)} runs on list_rank, {args.threads} thread(s), "
-          f"training budget {args.budget:.0f}s → {out}/", flush=True)
+    print(f"ponder demo: {len(runs)} runs on list_rank, {args.threads} thread(s) → {out}/",
+          flush=True)
     records: list[dict[str, Any]] = []
-    spare = 0.0
-    total_share = sum(r.share for r in runs)
     for i, demo_run in enumerate(runs, 1):
-        budget = args.budget * demo_run.share / total_share + spare
-        print(f"[{i}/{len(runs)}] training {demo_run.policy} (up to {budget:.0f}s or valid acc "
+        cap = demo_run.max_steps if args.steps is None else args.steps
+        print(f"[{i}/{len(runs)}] training {demo_run.policy} (up to {cap} steps or valid acc "
               f"{STOP_AT_ACC})", flush=True)
-        cfg = load_config(None, run_overrides(demo_run, budget_s=budget, threads=args.threads))
+        cfg = load_config(None, run_overrides(demo_run, threads=args.threads, steps=args.steps))
         run_dir = out / demo_run.policy
         result = train(cfg, run_dir, progress=args.progress, label=demo_run.policy)
-        spare = max(0.0, budget - result.train_s)
         print(f"      evaluating {demo_run.policy} on valid and ood ({args.n} examples each)",
               flush=True)
         summaries = evaluate_run(run_dir, ("valid", "ood"), n=args.n, threads=args.threads)
@@ -240,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
         report = write_report([r["run_dir"] for r in records], out / "report.html")
     wall = time.perf_counter() - t0
     atomic_write_text(out / "timing.json", json.dumps(
-        {"wall_s": wall, "threads": args.threads, "budget_s": args.budget,
+        {"wall_s": wall, "threads": args.threads, "steps": args.steps,
+         "train_s": {r["policy"]: r["train_s"] for r in records},
          "load_average_1_5_15": list(os.getloadavg())}, indent=1))
     print(f"summary: {out / 'summary.json'}")
     for r in records:
@@ -256,10 +234,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train fixed-depth and adaptive models, evaluate, report",
                        description=__doc__.splitlines()[0])
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
-    p.add_argument("--budget", type=float, default=230.0,
-                   help="wall-clock seconds of training shared by the runs (default 230; with the ~75 s set-up of a fresh clone, make demo stays within 5 minutes)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: 2, or 1 when the machine is already busy)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="step cap of every run (default: each run's own, "
+                        + ", ".join(f"{r.policy} {r.max_steps}" for r in DEMO_RUNS) + ")")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"torch threads (default {DEFAULT_THREADS}; fixed, so results do not "
+                        f"depend on the machine's load)")
     p.add_argument("--n", type=int, default=1000, help="examples per evaluated split (default 1000)")
     p.add_argument("--policies", nargs="+", choices=[r.policy for r in DEMO_RUNS], default=None,
                    help="run only these policies")

@@ -1,9 +1,11 @@
-"""``ponder reproduce EXPERIMENT [--out DIR] [--budget SECONDS] [--only NAME ...]``.
+"""``ponder reproduce EXPERIMENT [--out DIR] [--steps N] [--only NAME ...]``.
 
 Re-measures a published claim on this machine. ``parity``: a fixed-depth Transformer, a
 Universal Transformer (``ut_act``), PonderNet, ANIRA-O and AdaTape on ``parity``
-(``configs/parity_<name>.yaml``). Each model trains for at most ``--budget`` wall-clock
-seconds (stopping early at valid accuracy ``STOP_AT_ACC``), is evaluated on ``valid`` and
+(``configs/parity_<name>.yaml``). Each model trains up to its config's step cap
+(``run.steps``; ``--steps`` replaces it for every run), stopping early at valid accuracy
+``STOP_AT_ACC``: the results do not depend on the machine's load (wall-clock time is
+reported, never used to stop a run). Each is then evaluated on ``valid`` and
 ``ood``, analysed (``ponder analyze``); then one HTML report of all runs and a results
 table (``docs/results/<experiment>.md``, with the command and the machine; with ``--only``
 a subset goes to ``OUT/<experiment>.md`` unless ``--doc`` says otherwise) are written.
@@ -48,7 +50,6 @@ EXPERIMENTS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 STOP_AT_ACC = 0.995
 NOTES_MARK = "<!-- notes -->"
-DEFAULT_BUDGET = 420.0
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -66,13 +67,9 @@ class Job:
     wall_s: float = 0.0
 
 
-def _budget(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"--budget must be a number of seconds, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"--budget must be > 0 seconds, got {text!r}")
+def _steps(value: Optional[int]) -> Optional[int]:
+    if value is not None and value < 1:
+        raise ConfigError(f"--steps must be >= 1, got {value}")
     return value
 
 
@@ -95,7 +92,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
     for name in args.only or ():
         if name not in names:
             raise ConfigError(f"unknown {args.experiment} run {name!r}; choose from {', '.join(names)}")
-    budget = _budget(args.budget)
+    steps = _steps(args.steps)
     if args.jobs < 1 or args.threads < 1 or args.n < 1:
         raise ConfigError("--jobs, --threads and --n must be >= 1")
     configs = Path(args.configs) if args.configs else default_configs_dir()
@@ -105,10 +102,13 @@ def plan(args: argparse.Namespace) -> list[Job]:
         if args.only and name not in args.only:
             continue
         path = configs / f"{args.experiment}_{name}.yaml"
-        overrides = [*(args.set or []), f"run.time_budget_s={budget:g}",
+        overrides = [*(args.set or []), *([f"run.steps={steps}"] if steps else []),
                      f"run.stop_at_acc={STOP_AT_ACC}", f"run.threads={args.threads}"]
         cfg = load_config(path, overrides)   # ConfigError on a missing or malformed config
         validate_names(cfg)
+        if cfg.run.time_budget_s is not None:
+            raise ConfigError(f"{path}: run.time_budget_s is set; a reproduction stops runs by "
+                              f"steps and accuracy only (results must not depend on the load)")
         jobs.append(Job(name, description, path, out / name, overrides))
     return jobs
 
@@ -318,8 +318,8 @@ def results_markdown(experiment: str, rows: list[dict[str, Any]], *, command: st
              f"{' / '.join(f'{x:.2f}' for x in mach['load_end'])} (the machine was shared).", "",
              f"Task: {task}. Accuracy is token accuracy at the `?` position (one scored token per "
              f"example), on {rows[0].get('n_valid') or '?'} valid and {rows[0].get('n_ood') or '?'} "
-             f"ood examples. Training stops at valid accuracy ≥ {STOP_AT_ACC} or when the "
-             f"time budget runs out. Mean compute: core steps per token (recurrent models), "
+             f"ood examples. Training stops at valid accuracy ≥ {STOP_AT_ACC} or at the run's "
+             f"step cap (wall-clock time is reported only). Mean compute: core steps per token (recurrent models), "
              f"layers (the fixed Transformer), tape tokens read (AdaTape), of the maximum shown. "
              f"ρ: Spearman correlation between a token's compute and its complexity k "
              f"(— when the compute is constant).", "",
@@ -385,7 +385,9 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["ponder", "reproduce", args.experiment]
     if args.out:
         parts += ["--out", args.out]
-    parts += ["--budget", f"{_budget(args.budget):g}", "--jobs", str(args.jobs),
+    if args.steps:
+        parts += ["--steps", str(args.steps)]
+    parts += ["--jobs", str(args.jobs),
               "--threads", str(args.threads), "--n", str(args.n)]
     if args.only:
         parts += ["--only", *args.only]
@@ -404,12 +406,13 @@ def run(args: argparse.Namespace) -> int:
     jobs = plan(args)
     _prepare_out(jobs)
     out = jobs[0].run_dir.parent
-    budget = _budget(args.budget)
-    rounds = math.ceil(len(jobs) / args.jobs)
+    from ponder.train.config import load_config
+
+    caps = sorted({load_config(j.config, j.overrides).run.steps for j in jobs})
+    cap = f"{caps[0]}" if len(caps) == 1 else f"{caps[0]}–{caps[-1]}"
     print(f"ponder reproduce {args.experiment}: {len(jobs)} runs ({', '.join(j.name for j in jobs)}), "
-          f"{args.jobs} at a time with {args.threads} thread(s) each, up to {budget:g}s of "
-          f"training per run (about {rounds * budget / 60:.0f} min plus evaluation) → {out}/",
-          flush=True)
+          f"{args.jobs} at a time with {args.threads} thread(s) each, up to {cap} training steps "
+          f"per run → {out}/", flush=True)
     run_all(jobs, n=args.n, parallel=args.jobs, threads=args.threads)
     rows = [collect(job) for job in jobs]
     report = None
@@ -441,8 +444,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.splitlines()[0])
     p.add_argument("experiment", help=f"experiment ({', '.join(EXPERIMENTS)})")
     p.add_argument("--out", default=None, help="runs directory (default runs/reproduce/EXPERIMENT)")
-    p.add_argument("--budget", default=str(DEFAULT_BUDGET),
-                   help=f"training seconds per model (default {DEFAULT_BUDGET:g})")
+    p.add_argument("--steps", type=int, default=None,
+                   help="step cap of every run (default: each config's run.steps)")
     p.add_argument("--only", nargs="+", metavar="NAME", default=None, help="run only these models")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")

@@ -16,7 +16,16 @@ Subclasses implement four things:
 - ``solve(input)``: the verifier, a plain obviously-correct solver that recomputes target
   and complexity from the input tokens alone (it must not reuse ``sample``'s logic);
 - ``tokens()``: every token that may appear in an input or target, any split.
+
+Per-position features fall in three groups, declared by the family (the decision-timing
+probe, ``ponder.analysis.timing``, uses them): ``execution_features`` describe the state
+of the algorithm at that token (hops resolved, carry chain so far, BFS frontier, stack
+depth ...: what an online halting decision could follow); ``label_features`` are
+properties of the answer or of the label set (``unseen_label``), kept for the
+generalisation analysis and never used as predictors; every other feature is a static cue,
+readable from the input before any computation (position, sizes, a token's own kind).
 """
+
 
 from __future__ import annotations
 
@@ -114,6 +123,8 @@ class Task:
     complexity_doc: ClassVar[str] = ""
     Config: ClassVar[type]
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    execution_features: ClassVar[tuple[str, ...]] = ()   # algorithm state at the token
+    label_features: ClassVar[tuple[str, ...]] = ()       # answer / label-set properties
 
     def __init__(self, config: Any) -> None:
         validate_config(config)

@@ -6,7 +6,8 @@ n+1 digits (most significant first, leading zero allowed). Complexity of a digit
 of the carry chain that ends in it: 0 when no carry comes in, else the number of lower
 positions the carry travelled through (the generating position plus every position that
 propagated it). Features: ``carry_in`` (0/1), ``chain_length`` (= complexity), ``place``
-(the digit's place value exponent), ``position``, ``n``. Ood: more digits. The default is
+(the digit's place value exponent), ``position``, ``n``. Execution state (for the
+decision-timing probe): ``carry_in`` and ``chain_length``; the rest are static cues. Ood: more digits. The default is
 base 2, where carries propagate with probability 1/2 and chains are long; preset
 ``decimal`` is base 10.
 """
@@ -39,6 +40,7 @@ class Addition(Task):
     causal = False
     complexity_doc = "length of the carry chain ending in the digit (0 = no carry in)"
     Config = AdditionConfig
+    execution_features = ("carry_in", "chain_length")
     presets = {
         "small": dict(base=2, n_min=3, n_max=8, ood_n_min=10, ood_n_max=16),
         "decimal": dict(base=10, n_min=3, n_max=8, ood_n_min=10, ood_n_max=16),

@@ -55,6 +55,7 @@ class Agreement(Task):
     causal = True
     complexity_doc = "clauses opened between a verb and its subject"
     Config = AgreementConfig
+    execution_features = ("level", "distance")
     presets = {
         "small": dict(depth_max=3, ood_depth_min=4, ood_depth_max=5, nouns=8, adjectives=4,
                       p_adjective=0.3),

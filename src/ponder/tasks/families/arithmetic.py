@@ -4,7 +4,10 @@ Input: e.g. ``( ( 3 + 4 ) * 2 )``: every bracket holds exactly one operator and 
 (digits or brackets). Target at every ``)``: the value of the bracket it closes, mod 10
 (in 0..9, never negative). Complexity: the height of that sub-tree (a bracket of two digits
 has height 1). Features: ``nesting`` (0 at the outer bracket), ``subtree_size`` (tokens),
-``position``, ``n`` (tokens), ``depth`` (height of the whole expression). Every example has
+``arg_height_max`` / ``arg_height_min`` (the taller and the shorter operand's height, a
+digit counting 0), ``position``, ``n`` (tokens), ``depth`` (height of the whole
+expression). Execution state (for the decision-timing probe): ``nesting`` and the operand
+heights; the rest are static cues. Every example has
 an exact height drawn from [depth_min, depth_max] (ood: [ood_depth_min, ood_depth_max],
 strictly deeper); one operand of each bracket carries the height, the other is a bracket
 with probability ``p_nest`` (of a random lower height), else a digit. Operators:
@@ -43,6 +46,7 @@ class Arithmetic(Task):
     causal = False
     complexity_doc = "height of the sub-tree closed by the ) (1 = two digits)"
     Config = ArithmeticConfig
+    execution_features = ("nesting", "arg_height_max", "arg_height_min")
     presets = {
         "small": dict(depth_min=1, depth_max=4, ood_depth_min=5, ood_depth_max=6, p_nest=0.3),
         # NDR's split (heights = NDR depth − 1): train 1–5, its "deeper" set 7–8; + and * only.
@@ -70,9 +74,11 @@ class Arithmetic(Task):
         complexity: list[int | None] = []
         nesting: list[int | None] = []
         size: list[int | None] = []
+        arg_max: list[int | None] = []
+        arg_min: list[int | None] = []
 
         def blank() -> None:
-            for seq in (target, complexity, nesting, size):
+            for seq in (target, complexity, nesting, size, arg_max, arg_min):
                 seq.append(None)
 
         def operand(height: int, level: int) -> int:
@@ -100,12 +106,15 @@ class Arithmetic(Task):
             complexity.append(height)
             nesting.append(level)
             size.append(len(tokens) - start)
+            arg_max.append(max(heights))
+            arg_min.append(min(heights))
             return value
 
         bracket(depth, 0)
         L = len(tokens)
         features = {"position": list(range(L)), "n": [L] * L, "depth": [depth] * L,
-                    "nesting": nesting, "subtree_size": size}
+                    "nesting": nesting, "subtree_size": size, "arg_height_max": arg_max,
+                    "arg_height_min": arg_min}
         return Draft(tokens, target, complexity, features, {"depth": depth, "n": L})
 
     def solve(self, input: list[str]) -> tuple[list[str | None], list[int | None]]:

@@ -5,9 +5,10 @@ the first k of them) whose stack depth never exceeds D and reaches exactly d som
 (d is drawn per example, so every split really contains its depths). Target at each
 position i, after reading input[0..i]: the closing bracket of the innermost open bracket
 (the next closing bracket must be that one), or ``none`` when the stack is empty.
-Complexity: the stack depth after position i. Feature ``distance``: how many tokens back
-the matching (innermost unclosed) open bracket is (0 when token i is that bracket; null when
-the stack is empty); ``max_depth``: d; ``n``: the length.
+Complexity: the stack depth after position i. Execution state: ``stack_depth`` (the same
+depth) and ``distance``: how many tokens back the matching (innermost unclosed) open
+bracket is (0 when token i is that bracket; null when the stack is empty). Static:
+``max_depth``: d; ``n``: the length; ``position``.
 
 Train/valid/test draw d in [1, depth_max] and the (even) length in [n_min, n_max]; ood
 draws d in [ood_depth_min, ood_depth_max] and lengths in [ood_n_min, ood_n_max]; ood must
@@ -47,6 +48,7 @@ class Dyck(Task):
     causal = True
     complexity_doc = "stack depth after the position"
     Config = DyckConfig
+    execution_features = ("stack_depth", "distance")
     presets = {
         "small": dict(k=2, n_min=8, n_max=24, depth_max=4, ood_n_min=16, ood_n_max=40,
                       ood_depth_min=5, ood_depth_max=8),
@@ -105,7 +107,7 @@ class Dyck(Task):
                 distance.append(None)
             complexity.append(len(stack))
         features = {"position": list(range(n)), "n": [n] * n, "max_depth": [d] * n,
-                    "distance": distance}
+                    "distance": distance, "stack_depth": list(complexity)}
         return Draft(tokens, target, complexity, features, {"n": n, "depth": d, "k": p["k"]})
 
     def solve(self, input: list[str]) -> tuple[list[str | None], list[int | None]]:

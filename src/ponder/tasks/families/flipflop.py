@@ -10,8 +10,9 @@ Each instruction after the first is an ignore with probability ``p_ignore`` and 
 a write or a read with equal probability. Train/valid/test draw the length in
 [n_min, n_max] with ``p_ignore``; ood draws in [ood_n_min, ood_n_max] with
 ``ood_p_ignore``, and must be beyond train in length or in ignore probability (longer gaps).
-Features: ``position``, ``n`` (size), ``ignores_between`` and ``reads_between`` (the two
-parts of the gap), ``writes_before`` (writes so far).
+Features: ``position``, ``n`` (size); execution state at a read: ``since_write`` (how many
+instructions back the last write is: the gap + 1), ``ignores_between`` and
+``reads_between`` (the two parts of the gap), ``writes_before`` (writes so far).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class FlipFlop(Task):
     causal = True
     complexity_doc = "instructions strictly between the last write and the read"
     Config = FlipFlopConfig
+    execution_features = ("since_write", "ignores_between", "reads_between", "writes_before")
     presets = {
         "small": dict(n_min=8, n_max=32, p_ignore=0.5, ood_n_min=40, ood_n_max=64,
                       ood_p_ignore=0.8),
@@ -101,7 +103,9 @@ class FlipFlop(Task):
                 rd += 1
             else:
                 ign += 1
-        features = {"position": list(range(n)), "n": [n] * n, "ignores_between": ignores_between,
+        since_write = [None if c is None else c + 1 for c in complexity]
+        features = {"position": list(range(n)), "n": [n] * n, "since_write": since_write,
+                    "ignores_between": ignores_between,
                     "reads_between": reads_between, "writes_before": writes_before}
         return Draft(tokens, target, complexity, features,
                      {"n": n, "p_ignore": p_ignore, "reads": tokens.count(READ)})

@@ -16,8 +16,13 @@ finite distances are all <= ``max_dist``; ood draws n in [ood_n_min, ood_n_max] 
 ``ood_p`` and keeps only graphs with some node farther than ``max_dist`` (longer paths).
 So the answer labels ``max_dist+1 ...`` never occur in training: feature ``unseen_label``
 is 1 exactly at those scored tokens (0 at other scored tokens).
-Features: ``position``, ``n`` (size), ``edges`` (m), ``hub_degree`` (largest degree),
-``degree`` (of the node, at node tokens), ``reachable``, ``unseen_label``.
+Static features: ``position``, ``n`` (size), ``edges`` (m), ``hub_degree`` (largest
+degree), ``degree`` (of the node, at node tokens). Execution state of BFS at the round that
+settles the node: ``frontier`` (the nodes settled in that round, the node included: the
+BFS frontier of its distance) and ``settled_before`` (nodes settled in earlier rounds); for
+an unreachable node, the round that proves it (an empty frontier: 0, everything reachable
+settled before). Label features (not predictors in the probes): ``reachable``,
+``unseen_label``.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class GraphDistance(Task):
     causal = False
     complexity_doc = "BFS distance from the source (unreachable: largest finite distance + 1)"
     Config = GraphDistanceConfig
+    execution_features = ("frontier", "settled_before")
+    label_features = ("reachable", "unseen_label")
     presets = {
         "small": dict(n_min=6, n_max=10, p=0.3, hubs=0.0, max_dist=4, ood_n_min=12,
                       ood_n_max=16, ood_p=0.15, labels=16),
@@ -113,6 +120,12 @@ class GraphDistance(Task):
         deg: list[int | None] = [None] * head
         reach: list[int | None] = [None] * head
         unseen: list[int | None] = [None] * head
+        frontier: list[int | None] = [None] * head
+        settled: list[int | None] = [None] * head
+        at = [0] * (far + 2)   # nodes per BFS round; round far+1 (unreachable) stays empty
+        for d in dist:
+            if d is not None:
+                at[d] += 1
         for u in order:
             d = dist[u]
             target.append(INF if d is None else str(d))
@@ -120,10 +133,14 @@ class GraphDistance(Task):
             deg.append(degree[u])
             reach.append(int(d is not None))
             unseen.append(int(d is not None and d > self.config.max_dist))
+            r = far + 1 if d is None else d
+            frontier.append(at[r])
+            settled.append(sum(at[:r]))
         hub = max(degree)
         features = {"position": list(range(length)), "n": [n] * length,
                     "edges": [len(edges)] * length, "hub_degree": [hub] * length,
-                    "degree": deg, "reachable": reach, "unseen_label": unseen}
+                    "degree": deg, "frontier": frontier, "settled_before": settled,
+                    "reachable": reach, "unseen_label": unseen}
         params = {"n": n, "p": p["p"], "hubs": p["hubs"], "edges": len(edges),
                   "hub_degree": hub, "eccentricity": far}
         return Draft(tokens, target, complexity, features, params)

@@ -5,9 +5,14 @@ A linked list of m nodes with random distinct labels (drawn from a fixed set of
 then the m edge tokens ``x>y`` in shuffled order, one per node: node x points to node y,
 and the last node points to ``end`` (``x>end``). Target at every edge token: the distance of
 its source node x from the head, as a number token ``0 .. m-1``. Complexity: that distance
-(hard and easy tokens side by side in one sequence). Features: ``position``, ``m`` (the
-example's size), ``is_last`` (the edge to ``end``), ``unseen_label`` (1 where the
-distance is >= m_max, a label that never occurs in train). Train/valid/test draw m in
+(hard and easy tokens side by side in one sequence). Static features: ``position``, ``m``
+(the example's size), ``is_last`` (the edge to ``end``), ``is_first`` (the edge leaving the
+head node, which ``head:x`` names). Execution state: ``hops_to_head`` (the hops a walk back
+from the node must resolve before its rank is known: the distance), ``hops_to_end`` (the
+hops to ``end``: the rank is also m-1 minus that), ``doubling_rounds`` (rounds of pointer
+jumping until the node's pointer reaches the head: ceil(log2(distance+1))). Label
+feature: ``unseen_label`` (1 where the distance is >= m_max, a label that never occurs in
+train; not a predictor in the probes). Train/valid/test draw m in
 [m_min, m_max]; ood draws longer lists, m in [ood_m_min, ood_m_max], so ood has distances
 never seen in training: :meth:`ListRank.train_labels` gives the exact train label set.
 """
@@ -39,6 +44,8 @@ class ListRank(Task):
     causal = False
     complexity_doc = "distance of the edge's source node from the head (0..m-1)"
     Config = ListRankConfig
+    execution_features = ("hops_to_head", "hops_to_end", "doubling_rounds")
+    label_features = ("unseen_label",)
     presets = {
         "small": dict(m_min=4, m_max=10, ood_m_min=12, ood_m_max=16, n_labels=20),
         "long": dict(m_min=8, m_max=32, ood_m_min=40, ood_m_max=64, n_labels=64),
@@ -70,6 +77,10 @@ class ListRank(Task):
         m_max = self.config.m_max
         features = {"position": list(range(m + 1)), "m": [m] * (m + 1),
                     "is_last": [None] + [int(d == m - 1) for d, _ in edges],
+                    "is_first": [None] + [int(d == 0) for d, _ in edges],
+                    "hops_to_head": [None] + [d for d, _ in edges],
+                    "hops_to_end": [None] + [m - 1 - d for d, _ in edges],
+                    "doubling_rounds": [None] + [d.bit_length() for d, _ in edges],
                     "unseen_label": [None] + [int(d >= m_max) for d, _ in edges]}
         return Draft(tokens, target, complexity, features, {"m": m})
 

@@ -9,8 +9,12 @@ height 1). Features: ``nesting`` (0 at the root list), ``n_args``, ``subtree_siz
 of the sub-expression), ``dependency_depth`` (the height of the computation the value
 depends on: 1 + that of the argument MIN / MAX select (the first one on ties) or of the
 middle one(s) MED takes (in stable sorted order), 1 + the largest over all arguments for SM;
-a digit counts 0 — NDR's ``max_dependency_depth`` minus 1), ``position``, ``n`` (tokens),
-``depth`` (height of the whole tree). Every example's tree has an exact height drawn from
+a digit counts 0 — NDR's ``max_dependency_depth`` minus 1), ``arg_height_max`` and
+``arg_height_second`` (the tallest and second-tallest argument's height, a digit counting
+0: when the last argument a bottom-up evaluation waits for is ready, and the one before),
+``position``, ``n`` (tokens), ``depth`` (height of the whole tree). Execution state (for
+the decision-timing probe): ``nesting``, the argument heights and ``dependency_depth``;
+the rest are static cues. Every example's tree has an exact height drawn from
 [depth_min, depth_max] (ood: from [ood_depth_min, ood_depth_max], strictly deeper); one
 argument of each list carries the height, the others are sub-lists with probability
 ``p_list`` (of a random lower height). A tree whose length falls outside [n_min, n_max]
@@ -88,6 +92,7 @@ class ListOps(Task):
     causal = False
     complexity_doc = "height of the sub-tree closed by the ] (1 = a list of digits)"
     Config = ListOpsConfig
+    execution_features = ("nesting", "arg_height_max", "arg_height_second", "dependency_depth")
     presets = {
         "small": dict(depth_min=1, depth_max=4, ood_depth_min=5, ood_depth_max=6, args_min=2,
                       args_max=4, p_list=0.25),
@@ -149,7 +154,9 @@ class ListOps(Task):
         n_args: list[int | None] = []
         size: list[int | None] = []
         dependency: list[int | None] = []
-        columns = (target, complexity, nesting, n_args, size, dependency)
+        arg_max: list[int | None] = []
+        arg_second: list[int | None] = []
+        columns = (target, complexity, nesting, n_args, size, dependency, arg_max, arg_second)
 
         def emit(node: tuple, level: int) -> tuple[int, int, int]:
             op, children = node
@@ -157,7 +164,7 @@ class ListOps(Task):
             tokens.append(op)
             for seq in columns:
                 seq.append(None)
-            values, deps, height = [], [], 0
+            values, deps, heights = [], [], []
             for child in children:
                 if isinstance(child, int):
                     tokens.append(DIGITS[child])
@@ -165,11 +172,14 @@ class ListOps(Task):
                         seq.append(None)
                     values.append(child)
                     deps.append(0)
+                    heights.append(0)
                 else:
                     v, h, dep = emit(child, level + 1)
                     values.append(v)
                     deps.append(dep)
-                    height = max(height, h)
+                    heights.append(h)
+            height = max(heights)
+            ranked = sorted(heights, reverse=True)
             value = _apply(op, values)
             tokens.append("]")
             target.append(DIGITS[value])
@@ -179,13 +189,16 @@ class ListOps(Task):
             size.append(len(tokens) - start)
             dep = 1 + max(deps[i] for i in _depends_on(op, values))
             dependency.append(dep)
+            arg_max.append(ranked[0])
+            arg_second.append(ranked[1])  # every list has >= 2 arguments
             return value, height + 1, dep
 
         emit(tree, 0)
         L = len(tokens)
         features = {"position": list(range(L)), "n": [L] * L, "depth": [depth] * L,
                     "nesting": nesting, "n_args": n_args, "subtree_size": size,
-                    "dependency_depth": dependency}
+                    "dependency_depth": dependency, "arg_height_max": arg_max,
+                    "arg_height_second": arg_second}
         return Draft(tokens, target, complexity, features, {"depth": depth, "n": L})
 
     def solve(self, input: list[str]) -> tuple[list[str | None], list[int | None]]:

@@ -2,7 +2,8 @@
 
 Input: n tokens from {-1, 0, 1} with k of them non-zero, then ``?``. Target at ``?``:
 ``1`` if the number of ``1`` tokens is odd, else ``0``. Complexity: k (the non-zeros one
-must look at). Train/valid/test draw n in [n_min, n_max] and k in [k_min, min(k_max, n)];
+must look at). Feature ``ones`` at ``?`` (execution state): the count of ``1`` tokens a
+scan has to track. Train/valid/test draw n in [n_min, n_max] and k in [k_min, min(k_max, n)];
 ood draws k in [ood_k_min, ood_k_max] (more non-zeros) with n in [ood_n_min, ood_n_max].
 """
 
@@ -34,6 +35,7 @@ class Parity(Task):
     causal = False
     complexity_doc = "number of non-zero elements k"
     Config = ParityConfig
+    execution_features = ("ones",)
     presets = {
         "small": dict(n_min=8, n_max=8, k_min=1, k_max=8, ood_n_min=12, ood_n_max=12,
                       ood_k_min=9, ood_k_max=12),

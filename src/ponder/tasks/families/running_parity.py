@@ -2,7 +2,8 @@
 
 Input: n tokens from {``0``, ``1``}. Target at every position i: ``1`` if bits 0..i hold
 an odd number of ``1`` tokens, else ``0``. Complexity at i: the number of ``1`` tokens in
-the prefix 0..i (the flips one must have tracked). Causal: position i depends only on
+the prefix 0..i (the flips one must have tracked), also the execution-state feature
+``ones_so_far``; ``bit`` (the token) is a static cue. Causal: position i depends only on
 input[0..i]. Train/valid/test draw n in [n_min, n_max] and each bit is ``1`` with
 probability ``p_one``; ood draws longer strings, n in [ood_n_min, ood_n_max].
 """
@@ -32,6 +33,7 @@ class RunningParity(Task):
     causal = True
     complexity_doc = "number of 1 bits in the prefix 0..i"
     Config = RunningParityConfig
+    execution_features = ("ones_so_far",)
     presets = {
         "small": dict(n_min=8, n_max=16, ood_n_min=20, ood_n_max=32),
         "long": dict(n_min=32, n_max=64, ood_n_min=96, ood_n_max=128),
@@ -62,7 +64,9 @@ class RunningParity(Task):
             ones += b
             target.append(str(ones & 1))
             complexity.append(ones)
-        features = {"position": list(range(n)), "n": [n] * n, "bit": bits}
+        # ones_so_far: the count a left-to-right scan has tracked (execution state)
+        features = {"position": list(range(n)), "n": [n] * n, "bit": bits,
+                    "ones_so_far": list(complexity)}
         return Draft([str(b) for b in bits], target, complexity, features, {"n": n})
 
     def solve(self, input: list[str]) -> tuple[list[str | None], list[int | None]]:

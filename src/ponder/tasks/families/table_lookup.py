@@ -5,7 +5,8 @@ The config fixes K random bijections ``f0 .. f{K-1}`` on 3-bit strings (drawn fr
 tokens then a 3-bit argument; functions apply right to left. Target at each function token:
 the 3-bit value (one token, e.g. ``011``) after applying that function and everything to its
 right. Complexity: the number of functions applied so far (1 for the rightmost function).
-Features: ``position``, ``depth`` (d, the example's size). Train depth d in
+Features: ``position``, ``depth`` (d, the example's size); execution state: ``applied``
+(functions applied so far, right to left, this one included). Train depth d in
 [depth_min, depth_max] (default 1..5), ood in [ood_depth_min, ood_depth_max] (6..8).
 """
 
@@ -37,6 +38,7 @@ class TableLookup(Task):
     causal = False
     complexity_doc = "number of functions applied so far (counted from the right)"
     Config = TableLookupConfig
+    execution_features = ("applied",)
     presets = {
         "small": dict(n_functions=8, depth_min=1, depth_max=5, ood_depth_min=6, ood_depth_max=8),
         "ndr": dict(n_functions=8, depth_min=1, depth_max=5, ood_depth_min=6, ood_depth_max=8),
@@ -75,7 +77,8 @@ class TableLookup(Task):
         tokens = [f"f{f}" for f in funcs] + [arg]
         target: list[str | None] = values + [None]
         complexity: list[int | None] = [d - i for i in range(d)] + [None]
-        features = {"position": list(range(d + 1)), "depth": [d] * (d + 1)}
+        features = {"position": list(range(d + 1)), "depth": [d] * (d + 1),
+                    "applied": list(complexity)}
         return Draft(tokens, target, complexity, features, {"depth": d})
 
     def solve(self, input: list[str]) -> tuple[list[str | None], list[int | None]]:

@@ -6,7 +6,8 @@ t-th node Kahn's algorithm outputs when it always takes the smallest available i
 answer). Complexity: ``dfs_depth`` of the picked node, the longest path (in edges) from any
 source to it. Features per slot: ``frontier_size`` (available nodes before the pick),
 ``newly_enabled`` (nodes the previous pick made available; 0 at the first slot),
-``dfs_depth``, ``step`` (t). Static features (every position) and params: ``n``,
+``dfs_depth``, ``step`` (t); the first three are Kahn's execution state, ``step`` a static
+cue. Static features (every position) and params: ``n``,
 ``edges`` (edge count), ``hub_degree`` (largest in+out degree).
 
 The DAG: a hidden random order of the nodes, and each pair that order puts first→second
@@ -45,6 +46,8 @@ class Toposort(Task):
     causal = False
     complexity_doc = "dfs_depth: longest path from any source to the picked node"
     Config = ToposortConfig
+    execution_features = ("frontier_size", "newly_enabled", "dfs_depth")
+    label_features = ("unseen_label",)
     presets = {
         "small": dict(n_min=4, n_max=8, p=0.4, ood_n_min=10, ood_n_max=12, ood_p=0.4),
         "large": dict(n_min=8, n_max=16, p=0.2, ood_n_min=20, ood_n_max=32, ood_p=0.2),
