@@ -44,7 +44,7 @@ def test_spearman_against_hand_computed_ranks():
 
 
 def _demo_table(out, threads: int) -> list[tuple]:
-    assert main(["demo", "--out", str(out), "--steps", "40", "--n", "32", "--threads", str(threads),
+    assert main(["demo", "--out", str(out), "--steps", "12", "--n", "16", "--threads", str(threads),
                  "--progress", "none", "--no-report", "--policies", "anira_o"]) == 0
     records = json.loads((out / "summary.json").read_text())
     return [(r["policy"], r["train_steps"],
@@ -74,10 +74,10 @@ def test_demo_table_is_the_same_on_a_loaded_machine(tmp_path, capsys) -> None:
             p.kill()
             p.wait()
     assert loaded == idle
-    # not a comparison of two empty tables: the run trained its 40 steps and its steps vary
+    # not a comparison of two empty tables: the run trained its 12 steps and its steps vary
     # per token (a ρ to compare)
     (policy, trained, *_, rho), = idle
-    assert policy == "anira_o" and trained == 40 and rho is not None
+    assert policy == "anira_o" and trained == 12 and rho is not None
 
 
 def test_demo_rejects_a_step_cap_below_one(tmp_path, capsys) -> None:

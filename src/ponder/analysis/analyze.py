@@ -54,11 +54,13 @@ def analyse(run: RunData, *, seed: int = 0) -> dict[str, Any]:
         "alignment": {},
         "decision_timing": {},
     }
+    declared = timing.declared_groups((run.info or {}).get("task"))
     for i, split in enumerate(run.splits):
         frame = run.split(split)
         result["alignment"][split] = alignment.analyse_split(frame, seed=seed + 1000 * i)
         result["decision_timing"][split] = timing.analyse_split(frame, seed=seed + 1000 * i,
-                                                                groups_from=run.records)
+                                                                groups_from=run.records,
+                                                                declared=declared)
     result["generalisation"] = generalisation.analyse(run)
     result["compute"] = compute.analyse(run)
     return to_json(result)
