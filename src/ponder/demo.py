@@ -118,6 +118,19 @@ def verdict(records: list[dict[str, Any]]) -> str:
     return line
 
 
+def timing_line(policy: str, probe: dict[str, Any] | None) -> str:
+    """Decision timing of one run on valid: the gradient-boosting probe's held-out R² of the
+    static cues and of the execution state, with bootstrap CIs, and which explains more."""
+    if not probe or not probe.get("r2"):
+        return f"decision timing {policy}: — (steps constant)"
+    parts = []
+    for group in ("static", "execution"):
+        ci = (probe.get("ci") or {}).get(group)
+        span = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        parts.append(f"R² {group} {_fmt(probe['r2'].get(group), '.2f')}{span}")
+    return f"decision timing {policy} (valid): {', '.join(parts)} → {probe.get('explained_by')}"
+
+
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "—" if value is None else format(value, spec)
 
@@ -213,7 +226,10 @@ def run(args: argparse.Namespace) -> int:
     if analyze_run is not None and not args.no_report:
         print("analysing the runs and writing the report ...", flush=True)
         for r in records:
-            analyze_run(r["run_dir"])
+            probe = (analyze_run(r["run_dir"])["decision_timing"].get("valid") or {}).get("nonlinear")
+            r["decision_timing_valid"] = probe
+            print(timing_line(r["policy"], probe), flush=True)
+        atomic_write_text(out / "summary.json", json.dumps(records, indent=1))
         report = write_report([r["run_dir"] for r in records], out / "report.html")
     wall = time.perf_counter() - t0
     atomic_write_text(out / "timing.json", json.dumps(

@@ -83,3 +83,15 @@ def test_demo_table_is_the_same_on_a_loaded_machine(tmp_path, capsys) -> None:
 def test_demo_rejects_a_step_cap_below_one(tmp_path, capsys) -> None:
     assert main(["demo", "--out", str(tmp_path / "d"), "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_timing_line_names_both_groups_their_cis_and_the_verdict() -> None:
+    from ponder.demo import timing_line
+
+    probe = {"r2": {"static": 0.12, "execution": 0.81, "both": 0.83},
+             "ci": {"static": [0.05, 0.2], "execution": [0.75, 0.86], "both": [0.8, 0.9]},
+             "explained_by": "execution"}
+    line = timing_line("anira_o", probe)
+    assert "R² static 0.12 [0.05, 0.20]" in line and "R² execution 0.81 [0.75, 0.86]" in line
+    assert line.endswith("→ execution")
+    assert "constant" in timing_line("fixed", None)

@@ -194,6 +194,15 @@ def _figure_grid(entries: list[dict[str, Any]]) -> str:
     return f'<div class="figwrap"><table class="figs"><tr>{header}</tr>{"".join(rows)}</table></div>'
 
 
+def _r2_ci(probe: dict[str, Any] | None, group: str) -> str:
+    """The gradient-boosting probe's held-out R² of ``group`` with its bootstrap CI."""
+    r2 = ((probe or {}).get("r2") or {}).get(group)
+    ci = ((probe or {}).get("ci") or {}).get(group)
+    if r2 is None:
+        return "—"
+    return f"{r2:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
 def _timing_table(entries: list[dict[str, Any]]) -> str:
     rows = []
     for e in entries:
@@ -211,11 +220,16 @@ def _timing_table(entries: list[dict[str, Any]]) -> str:
                 f"<td>{_fmt((gi.get('static') or {}).get('mean'), '.2f')}</td>"
                 f"<td>{_fmt((gi.get('execution') or {}).get('mean'), '.2f')}</td>"
                 f"<td>{_pct(t.get('static_share'))}</td>"
+                f"<td>{_r2_ci(t.get('nonlinear'), 'static')}</td>"
+                f"<td>{_r2_ci(t.get('nonlinear'), 'execution')}</td>"
+                f"<td>{html.escape(str((t.get('nonlinear') or {}).get('explained_by') or '—'))}</td>"
                 f'<td class="l">{html.escape(top or t.get("note", ""))}</td></tr>')
     return ('<table id="timing"><tr><th class="l">run</th><th class="l">split</th><th>R² static</th>'
             "<th>R² execution</th><th>R² both</th><th>only static</th><th>only execution</th>"
             "<th>shared</th><th>importance static</th>"
-            '<th>importance execution</th><th>static share</th><th class="l">top features</th></tr>'
+            '<th>importance execution</th><th>static share</th><th>GB R² static [95% CI]</th>'
+            '<th>GB R² execution [95% CI]</th><th>GB: explained by</th>'
+            '<th class="l">top features</th></tr>'
             + "".join(rows) + "</table>")
 
 
