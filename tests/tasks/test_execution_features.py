@@ -12,7 +12,7 @@ from ponder.tasks.registry import names as task_names
 
 TASKS = sorted(task_names())
 # complexity is constant (1 at every slot): no algorithm state to follow
-NO_STATE = {"copy", "reverse", "copy_reverse"}
+NO_STATE = {"copy", "reverse"}
 
 
 def _examples(name, n=25):
