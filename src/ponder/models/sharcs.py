@@ -18,7 +18,7 @@ of p (so the soft mixture approaches the hard pick of inference).
 Inference: each token runs ``f_k`` of its most likely level only; the rows are grouped by
 level and each group runs one matmul pair on the weights' first w_k units. FLOPs per token
 are true per token: the router's ``2·D·K`` is the static part (``flops_per_token``) and
-``4·D·w_k`` is counted per row through ``ctx.count_rows``.
+``4·D·w_k`` is counted per row through ``ctx.count_row_flops``.
 
 The original trains its router from labels (the narrowest sub-network that still predicts a
 sample right) and routes whole samples; here the router is trained end to end with the
@@ -120,7 +120,7 @@ class DynamicWidthFFN(FFN):
         out = torch.zeros_like(x).index_copy(0, order, torch.cat(parts))
         if ctx is not None:
             units = torch.tensor(self.widths, dtype=torch.float64, device=x.device)[level]  # [R]
-            ctx.count_rows(self, rows, 4.0 * self.d_model * units)
+            ctx.count_row_flops(rows, 4.0 * self.d_model * units)
             wt = ctx.row_weight(rows, x.shape[0], torch.float64)
             ctx.add_stat("sharcs_width", float((units * wt).sum() / wt.sum().clamp(min=1) / self.d_ff))
         return out
@@ -137,4 +137,4 @@ class DynamicWidthFFN(FFN):
         router = 2.0 * self.d_model * self.levels
         if self.training:  # the soft mixture runs the full width for every token
             return router + 4.0 * self.d_model * self.d_ff
-        return router  # + 4·D·w_k per row, counted in forward (ctx.count_rows)
+        return router  # + 4·D·w_k per row, counted in forward (ctx.count_row_flops)
