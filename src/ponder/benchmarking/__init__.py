@@ -7,4 +7,4 @@
   against the fixed-depth model of the same size, and compacted training.
 """
 
-__all__ = ["inference", "timing", "training"]
+__all__ = ["fff", "inference", "timing", "training"]
