@@ -175,3 +175,17 @@ def test_fff_knobs_are_checked():
         FFNS.knobs("fff", {"harden": -1.0})
     with pytest.raises(ConfigError, match="too small"):
         FastFeedForward(d_model=D, d_ff=4, knobs=FFFKnobs(depth=3))
+
+
+@pytest.mark.parametrize("kind", ["fff", "sharcs", "lowrank", "monarch", "btt"])
+@pytest.mark.parametrize("training", [True, False])
+def test_zero_rows_give_zero_rows(kind, training):
+    """A compacted call with no rows (nobody entering) returns [0, D] and emits the same aux
+    names as a call with rows (value 0)."""
+    ffn = FFNS.cls(kind)(d_model=16, d_ff=32, knobs=FFNS.knobs(kind, {})).train(training)
+    some, none = context(), context()
+    ffn(torch.randn(4, 16), some, torch.arange(4))
+    out = ffn(torch.zeros(0, 16), none, torch.zeros(0, dtype=torch.long))
+    assert out.shape == (0, 16)
+    assert none.aux.keys() == some.aux.keys()
+    assert all(float(v.detach()) == 0.0 for v in none.aux.values())

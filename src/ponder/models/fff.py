@@ -94,7 +94,7 @@ class FastFeedForward(FFN):
             lo, hi = (1 << level) - 1, (1 << (level + 1)) - 1          # this level's heap nodes
             c = log_r[:, lo:hi].exp()
             entropy = entropy + (p * node_h[:, lo:hi]).sum(-1)
-            p = torch.stack([p * (1.0 - c), p * c], dim=-1).reshape(x.shape[0], -1)
+            p = torch.stack([p * (1.0 - c), p * c], dim=-1).reshape(x.shape[0], 2 << level)
         return p, entropy
 
     def _soft(self, x: torch.Tensor, ctx: Optional[AttnContext],
@@ -102,7 +102,7 @@ class FastFeedForward(FFN):
         R, D = x.shape
         p, entropy = self.leaf_probs(x)
         h = F.gelu(F.linear(x, self.up.view(-1, D), self.up_b.view(-1)))   # [R, leaves·w]
-        h = (h.view(R, self.n_leaves, self.leaf_width) * p[:, :, None]).view(R, -1)
+        h = (h.view(R, self.n_leaves, self.leaf_width) * p[:, :, None]).view(R, self.n_leaves * self.leaf_width)
         out = h @ self.down.view(-1, D) + p @ self.down_b
         if ctx is not None:
             w = ctx.row_weight(rows, R, x.dtype)

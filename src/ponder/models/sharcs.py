@@ -117,7 +117,8 @@ class DynamicWidthFFN(FFN):
                 h = F.gelu(F.linear(xs[start:start + n], self.up[:w], self.up_b[:w]))
                 parts.append(torch.addmm(self.down_b, h, self.down_t[:w]))
                 start += n
-        out = torch.zeros_like(x).index_copy(0, order, torch.cat(parts))
+        out = torch.cat(parts) if parts else x.new_zeros(0, x.shape[1])
+        out = torch.zeros_like(x).index_copy(0, order, out)
         if ctx is not None:
             units = torch.tensor(self.widths, dtype=torch.float64, device=x.device)[level]  # [R]
             ctx.count_row_flops(rows, 4.0 * self.d_model * units)
@@ -128,8 +129,6 @@ class DynamicWidthFFN(FFN):
     def forward(self, x: torch.Tensor, ctx: Optional[AttnContext] = None,
                 rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x [R, D] (normed) → [R, D]."""
-        if x.shape[0] == 0:
-            return x.new_zeros(x.shape)
         out = self._soft(x, ctx, rows) if self.training else self._hard(x, ctx, rows)
         return self.drop(out)
 

@@ -132,7 +132,7 @@ class SwitchHead(AttentionKind):
         logits = self.o_sel(y)
         idx, gate = self._choose(logits)
         o = expert_mix(a.view(R, self.n_heads, self.head_dim), self.o_experts, idx, gate)
-        if self.training and self.entropy_reg > 0 and ctx is not None and R:
+        if self.training and self.entropy_reg > 0 and ctx is not None:
             w = ctx.row_weight(rows, R, a.dtype)
             p = torch.softmax(logits.view(R, self.n_heads, self.n_experts), -1)
             mean = (p * w[:, None, None]).sum(0) / w.sum().clamp(min=1)   # [H, E]
