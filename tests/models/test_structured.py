@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ponder.errors import ConfigError
 from ponder.models.kinds import FFNS
 from ponder.models.layers import AttnContext
-from ponder.models.structured import BTTLinear, LowRankLinear, dense_params
+from ponder.models.structured import BTTLinear, LowRankLinear, dense_params, solve_width
 
 KINDS = ["lowrank", "monarch", "btt"]
 
@@ -68,6 +68,8 @@ def test_structured_matches_dense_parameters_at_a_larger_width(kind, d_model, d_
     n_dense = sum(p.numel() for p in dense.parameters())
     assert n_dense == dense_params(d_model, d_ff)
     n = sum(p.numel() for p in ffn.parameters())
+    # the width solver's count is the module's real count, and it is the dense FFN's
+    assert n == solve_width(type(ffn), d_model, d_ff, FFNS.knobs(kind, {}))[1]
     assert abs(n - n_dense) <= 0.05 * n_dense, (n, n_dense)
     assert ffn.width > d_ff  # the point: structure buys width at equal parameters
     # two FLOPs per weight: equal parameters ≈ equal FLOPs per token

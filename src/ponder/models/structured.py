@@ -151,8 +151,8 @@ class StructuredFFN(FFN):
         if abs(got - target) > self.MATCH_TOLERANCE * target:
             raise ConfigError(f"ffn kind {self.name!r}: knobs {knobs} cannot match the dense FFN's "
                               f"{target} parameters (nearest: {got}); use a smaller structure knob")
-        self.up = self.linear(d_model, self.width, knobs)
-        self.down = self.linear(self.width, d_model, knobs)
+        self.up = self.linear(d_model, self.width, d_model, knobs)
+        self.down = self.linear(self.width, d_model, d_model, knobs)
         bound = 1.0 / math.sqrt(d_model)
         self.up_b = nn.Parameter(torch.empty(self.width).uniform_(-bound, bound))
         self.down_b = nn.Parameter(torch.empty(d_model).uniform_(-1.0 / math.sqrt(self.width),
@@ -170,8 +170,8 @@ class StructuredFFN(FFN):
         raise NotImplementedError
 
     @classmethod
-    def linear(cls, n: int, m: int, knobs: Any) -> nn.Module:
-        """The structured map n → m (``d_model`` is min(n, m))."""
+    def linear(cls, n: int, m: int, d_model: int, knobs: Any) -> nn.Module:
+        """The structured map n → m of a block of width d_model (one of n, m)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, ctx: Optional[AttnContext] = None,
@@ -206,8 +206,8 @@ class LowRankFFN(StructuredFFN):
         return 2 * cls.rank_of(d_model, knobs) * (d_model + h)
 
     @classmethod
-    def linear(cls, n, m, knobs):
-        return LowRankLinear(n=n, m=m, rank=cls.rank_of(min(n, m), knobs))
+    def linear(cls, n, m, d_model, knobs):
+        return LowRankLinear(n=n, m=m, rank=cls.rank_of(d_model, knobs))
 
 
 @dataclass(frozen=True)
@@ -240,8 +240,8 @@ class MonarchFFN(StructuredFFN):
         return None if h % b else 2 * b * (d_model + h)
 
     @classmethod
-    def linear(cls, n, m, knobs):
-        b = cls.blocks_of(min(n, m), knobs)
+    def linear(cls, n, m, d_model, knobs):
+        b = cls.blocks_of(d_model, knobs)
         return BTTLinear(n=n, m=m, rank=1, n1=b, m1=b)
 
 
@@ -280,5 +280,5 @@ class BTTFFN(StructuredFFN):
         return knobs.rank * (d_model * fh + h * fd) + knobs.rank * (h * fd + d_model * fh)
 
     @classmethod
-    def linear(cls, n, m, knobs):
+    def linear(cls, n, m, d_model, knobs):
         return BTTLinear(n=n, m=m, rank=knobs.rank, n1=cls.factor(n), m1=cls.factor(m))
