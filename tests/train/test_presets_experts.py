@@ -20,7 +20,7 @@ FEW = ["run.steps=4", "run.batch_size=8", "run.valid_batches=1", "run.eval_every
        "run.threads=1", "run.time_budget_s=300"]
 
 
-@pytest.mark.parametrize("preset,expect", [("sut", {"attention": "switchhead", "policy": "stickbreak"}),
+@pytest.mark.parametrize("preset,expect", [("sut", {"attention": "moa", "policy": "stickbreak"}),
                                            ("moeut", {"attention": "switchhead", "policy": "fixed"})])
 def test_preset_trains_a_few_steps(preset, expect, tmp_path):
     cfg = load_config(CONFIGS / f"{preset}.yaml", FEW)

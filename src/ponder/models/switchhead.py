@@ -48,6 +48,24 @@ class SwitchHeadKnobs:
                               help="weight of the negative entropy of the mean output-expert usage")
 
 
+def expert_apply(inp: torch.Tensor, weight: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+    """Each row through its own expert's map, dispatched sorted by expert: one matmul per
+    expert on its contiguous rows (no per-row weight gather, no masks).
+
+    inp [M, n], weight [G, n, m], expert [M] long in [0, G) → [M, m] (``inp[i] @ weight[expert[i]]``).
+    """
+    order = torch.argsort(expert, stable=True)
+    counts = torch.bincount(expert, minlength=weight.shape[0]).tolist()
+    src = inp.index_select(0, order)
+    parts, start = [], 0
+    for g, c in enumerate(counts):
+        if c:
+            parts.append(src[start:start + c] @ weight[g])
+            start += c
+    out = torch.cat(parts) if parts else inp.new_zeros(0, weight.shape[2])
+    return inp.new_zeros(inp.shape[0], weight.shape[2]).index_copy(0, order, out)
+
+
 def expert_mix(inp: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor,
                gate: torch.Tensor) -> torch.Tensor:
     """Per row and head, the gated sum of its chosen experts' maps.
@@ -60,20 +78,9 @@ def expert_mix(inp: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor,
     dev = inp.device
     head = torch.arange(H, device=dev).view(1, H, 1).expand(R, H, K).reshape(-1)
     row = torch.arange(R, device=dev).view(R, 1, 1).expand(R, H, K).reshape(-1)
-    group = (head * E + idx.reshape(-1))                      # expert (h, e) of each choice
-    order = torch.argsort(group, stable=True)
-    counts = torch.bincount(group, minlength=H * E).tolist()
-    src = inp[row.index_select(0, order), head.index_select(0, order)]   # [R·H·K, n]
-    w = weight.reshape(H * E, n, m)
-    parts, start = [], 0
-    for g, c in enumerate(counts):
-        if c:
-            parts.append(src[start:start + c] @ w[g])
-            start += c
-    out = torch.cat(parts) if parts else inp.new_zeros(0, m)
-    out = out * gate.reshape(-1).index_select(0, order)[:, None]
-    target = (row * H + head).index_select(0, order)
-    return inp.new_zeros(R * H, m).index_add(0, target, out).view(R, H, m)
+    out = expert_apply(inp[row, head], weight.reshape(H * E, n, m), head * E + idx.reshape(-1))
+    out = out * gate.reshape(-1, 1)
+    return inp.new_zeros(R * H, m).index_add(0, row * H + head, out).view(R, H, m)
 
 
 @ATTENTIONS.register
