@@ -141,13 +141,24 @@ def test_fff_inference_uses_one_leaf_per_token():
     assert not torch.allclose(after[~untouched], before[~untouched])
 
 
-def test_hardening_loss_vanishes_for_hard_decisions_and_drives_them():
+def test_hardening_loss_hardens_and_vanishes_for_hard_decisions():
     ffn = make(depth=2)
     x = torch.randn(20, D, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     ctx = AttnContext.build(torch.ones(4, 5, dtype=torch.bool), causal=False)
     ffn(x, ctx, None)
     soft = float(ctx.aux["fff_hardening"].detach())
     assert 0 < soft <= 0.3 * math.log(ffn.n_leaves) + 1e-12  # entropy of 4 leaves ≤ log 4
+    # descending on the hardening loss alone sharpens the decisions
+    opt = torch.optim.SGD([ffn.node_w, ffn.node_b], lr=5.0)
+    for _ in range(50):
+        ctx = AttnContext.build(torch.ones(4, 5, dtype=torch.bool), causal=False)
+        ffn(x, ctx, None)
+        opt.zero_grad()
+        ctx.aux["fff_hardening"].backward()
+        opt.step()
+    ctx = AttnContext.build(torch.ones(4, 5, dtype=torch.bool), causal=False)
+    ffn(x, ctx, None)
+    assert float(ctx.aux["fff_hardening"].detach()) < 0.5 * soft
     with torch.no_grad():
         ffn.node_w.mul_(1e4)  # decisions saturate: the soft mixture becomes the hard tree
     ctx = AttnContext.build(torch.ones(4, 5, dtype=torch.bool), causal=False)
