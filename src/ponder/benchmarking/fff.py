@@ -1,4 +1,4 @@
-"""``ponder bench --part fff``: the fast feedforward tree at inference against a dense FFN of
+"""``ponder bench --part ffn`` (first table): the fast feedforward tree at inference against a dense FFN of
 the same total width.
 
 For d_model ∈ {128, 256} with d_ff = 8·d_model and ``tokens`` rows (batch × seq flattened;
