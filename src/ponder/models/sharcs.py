@@ -79,10 +79,6 @@ class DynamicWidthFFN(FFN):
         self.down_b = nn.Parameter(torch.empty(d_model).uniform_(-bound_ff, bound_ff))
         self.drop = nn.Dropout(dropout)
 
-    def level_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """x [R, D] → p(level | x) [R, K]."""
-        return torch.softmax(self.router(x), dim=-1)
-
     def _soft(self, x: torch.Tensor, ctx: Optional[AttnContext],
               rows: Optional[torch.Tensor]) -> torch.Tensor:
         logp = torch.log_softmax(self.router(x), dim=-1)
