@@ -200,3 +200,28 @@ def test_zero_rows_give_zero_rows(kind, training):
     assert out.shape == (0, 16)
     assert none.aux.keys() == some.aux.keys()
     assert all(float(v.detach()) == 0.0 for v in none.aux.values())
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_model_flops_known_answer(training):
+    """A fixed-depth model with fff blocks counts the tree's FLOPs of the mode it runs in:
+    every node and leaf in training, d decisions and one leaf at inference."""
+    import ponder.models as models
+    from ponder.models.config import KindConfig, ModelConfig
+    from ponder.policies.scripted import ScriptedPolicy
+
+    d, d_ff, P, G, C, N, V = 16, 32, 1, 2, 1, 3, 11
+    cfg = ModelConfig(d_model=d, n_heads=2, d_ff=d_ff, prelude=P, core=G, coda=C, max_steps=N,
+                      positions="none", ffn=KindConfig(kind="fff", knobs={"depth": 2}))
+    model = models.build(cfg, ScriptedPolicy(steps=N), vocab_size=V).train(training)
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, V, (3, 7), generator=g)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[2, 4:] = False
+    with torch.no_grad():
+        flops = model(tokens, mask).flops
+    w = d_ff // 4
+    tree = 2.0 * d * 3 + 4.0 * d * w * 4 if training else 2.0 * d * 2 + 4.0 * d * w
+    keys = mask.sum(1, keepdim=True).expand_as(mask).double()
+    block = 8.0 * d * d + 4.0 * keys * d + tree
+    torch.testing.assert_close(flops, ((P + C + N * G) * block + 2.0 * d * V) * mask)
