@@ -10,7 +10,7 @@ import json
 import pytest
 
 from ponder.cli import main
-from ponder.demo import SUMMARY_FIELDS, spearman
+from ponder.apps.demo import SUMMARY_FIELDS, spearman
 
 
 def test_demo_pipeline_writes_summary_and_runs(tmp_path, capsys):
@@ -60,7 +60,7 @@ def test_demo_table_is_the_same_on_a_loaded_machine(tmp_path, capsys) -> None:
     import subprocess
     import sys
 
-    from ponder.demo import DEFAULT_THREADS
+    from ponder.apps.demo import DEFAULT_THREADS
 
     idle = _demo_table(tmp_path / "idle", DEFAULT_THREADS)
     # Two spinning threads (two processes: Python threads would share the GIL).
@@ -86,7 +86,7 @@ def test_demo_rejects_a_step_cap_below_one(tmp_path, capsys) -> None:
 
 
 def test_timing_line_names_both_groups_their_cis_and_the_verdict() -> None:
-    from ponder.demo import timing_line
+    from ponder.apps.demo import timing_line
 
     probe = {"r2": {"static": 0.12, "execution": 0.81, "both": 0.83},
              "ci": {"static": [0.05, 0.2], "execution": [0.75, 0.86], "both": [0.8, 0.9]},

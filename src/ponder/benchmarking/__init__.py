@@ -4,5 +4,10 @@
 - :mod:`~ponder.benchmarking.inference`: full-depth vs masked-dense vs compacted execution
   over a grid of widths, lengths and depth profiles;
 - :mod:`~ponder.benchmarking.training`: forward+backward cost of every halting policy
-  against the fixed-depth model of the same size, and compacted training.
+  against the fixed-depth model of the same size, and compacted training;
+- :mod:`~ponder.benchmarking.fff`, :mod:`~ponder.benchmarking.structured` (``--part ffn``):
+  the fast feedforward tree at inference against a dense FFN of the same total width, the
+  structured FFN kinds against the dense FFN of the same parameters.
 """
+
+__all__ = ["fff", "inference", "structured", "timing", "training"]

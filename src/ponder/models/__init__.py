@@ -66,6 +66,9 @@ from ponder.models.stacked import build_stacked  # noqa: E402
 register_model("recurrent", build_recurrent)
 register_model("stacked", build_stacked)
 
+# block kinds beyond layers.py's; importing a module registers its kinds in ponder.models.kinds
+from ponder.models import fff, moa, sharcs, structured, switchhead  # noqa: E402,F401
+
 for _optional in ("ponder.models.adatape",):
     try:
         importlib.import_module(_optional)

@@ -129,6 +129,23 @@ class AttnContext:
         if self.flops is not None:
             self.flops += tokens.to(self.flops.dtype) * per_token
 
+    def count_row_flops(self, rows: Optional[torch.Tensor], per_row: torch.Tensor) -> None:
+        """Add FLOPs that depend on the row, from inside a kind's ``forward``: per_row [R] is
+        what each row used beyond the kind's ``flops_per_token()`` (experts evaluated, leaves
+        descended, width run). ``rows`` as in ``FFN.forward`` (None: all ``B·L`` in order).
+        Only rows that really enter the block count (``row_weight``), so the total is the same
+        in dense and compacted execution."""
+        if self.flops is None:
+            return
+        flat = self.flops.view(-1)
+        if rows is None:
+            if per_row.numel() != flat.numel():
+                raise ValueError(f"count_row_flops: {per_row.numel()} rows without indices "
+                                 f"for {flat.numel()} tokens")
+            rows = torch.arange(flat.numel(), device=flat.device)
+        w = self.row_weight(rows, per_row.numel(), flat.dtype)
+        flat.index_add_(0, rows, w * per_row.detach().to(flat.dtype))
+
     def count_block(self, block: "Block", enter: torch.Tensor,
                     keys: "Optional[AttnContext]" = None) -> None:
         """Count the FLOPs of the tokens ``enter [B, L]`` running ``block`` with the keys of
@@ -203,6 +220,9 @@ class AttentionKind(nn.Module):
         keys_values(y [R, D], rope)  → [R, 2·D]     keys' heads then values' heads, keys rotated
         out(a [R, D])                → [R, D]       a: the heads' attention outputs, concatenated
         flops_per_token(n_keys)      forward FLOPs of one query row attending to n_keys keys
+
+    A kind whose output projection depends on the query token itself (SwitchHead's experts
+    are picked from it) sets ``out_reads_input = True`` and overrides ``out_rows``.
     """
 
     name: ClassVar[str] = ""
@@ -212,6 +232,14 @@ class AttentionKind(nn.Module):
     n_heads: int
     head_dim: int
     dropout: float
+    out_reads_input: ClassVar[bool] = False
+
+    def out_rows(self, a: torch.Tensor, y: Optional[torch.Tensor], ctx: AttnContext,
+                 rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The output projection of query rows: a [R, D] attention output, y [R, D] the rows'
+        normed block input (given when ``out_reads_input``), rows their flat indices (as an
+        FFN's) → [R, D]. Default: ``out(a)``."""
+        return self.out(a)
 
     def forward(self, y: torch.Tensor, ctx: AttnContext,
                 y_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -227,7 +255,7 @@ class AttentionKind(nn.Module):
         k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
         p = self.dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask, dropout_p=p)
-        return self.out(a.transpose(1, 2).reshape(B * L, D)).view(B, L, D)
+        return self.out_rows(a.transpose(1, 2).reshape(B * L, D), rows, ctx).view(B, L, D)
 
 
 @ATTENTIONS.register
@@ -274,7 +302,9 @@ class FFN(nn.Module):
     """Contract of an FFN kind (registry ``FFNS``): position-wise, on rows.
 
         forward(x [R, D] (normed), ctx, rows [R] long | None) → [R, D]
-        flops_per_token()  forward FLOPs per row
+        flops_per_token()  forward FLOPs per row (counted for every token entering the
+                           block; a kind whose cost depends on the row adds the rest from
+                           ``forward`` with ``ctx.count_row_flops(rows, per_row)``)
 
     ``rows``: the rows' flat token indices ``b·L + l`` in the batch (None: all ``B·L`` tokens
     in natural order), for kinds that need to know which sequence a row belongs to. A kind
@@ -410,7 +440,8 @@ class Block(nn.Module):
                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x [R, D] block input, a [R, D] attention output (before the output projection)
         → block output [R, D]."""
-        return self.ffn_residual(x + self.drop(self.attn.out(a)), ctx, rows)
+        y = self.norm1(x) if self.attn.out_reads_input else None
+        return self.ffn_residual(x + self.drop(self.attn.out_rows(a, y, ctx, rows)), ctx, rows)
 
     def ffn_residual(self, x: torch.Tensor, ctx: AttnContext,
                      rows: Optional[torch.Tensor] = None) -> torch.Tensor:
