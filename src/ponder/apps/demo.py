@@ -111,7 +111,7 @@ def verdict(records: list[dict[str, Any]]) -> str:
     line = (f"adaptive valid acc >= 0.95: {'yes' if learned else 'NO'} ({acc}); "
             f"best rho {_fmt(best['spearman'])} ({best['policy']}) >= 0.5: {'yes' if aligned else 'NO'}")
     if not learned:
-        line += " — under-trained at this budget: alignment read before the task is learned means little"
+        line += " — under-trained at this step cap: alignment read before the task is learned means little"
     return line
 
 
@@ -164,7 +164,7 @@ def _prepare_out(out: Path, policies: list[str]) -> None:
             if not (run_dir / CONFIG_FILE).exists():
                 raise ConfigError(f"{str(run_dir)!r} exists and is not a ponder run; "
                                   f"choose another --out")
-    for policy in policies:  # a demo run is replaced as a whole: budgets differ per call
+    for policy in policies:  # a demo run is replaced as a whole: step caps may differ per call
         if (out / policy).exists():
             shutil.rmtree(out / policy)
     out.mkdir(parents=True, exist_ok=True)

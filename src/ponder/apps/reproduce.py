@@ -111,7 +111,7 @@ def _prepare_out(jobs: list[Job]) -> None:
     for job in jobs:
         if job.run_dir.exists() and not (job.run_dir / CONFIG_FILE).exists():
             raise ConfigError(f"{str(job.run_dir)!r} exists and is not a ponder run; choose another --out")
-    for job in jobs:  # a run is replaced as a whole: its budget may differ from last time
+    for job in jobs:  # a run is replaced as a whole: its step cap may differ from last time
         if job.run_dir.exists():
             shutil.rmtree(job.run_dir)
         job.run_dir.parent.mkdir(parents=True, exist_ok=True)
