@@ -84,8 +84,9 @@ def test_every_exported_name_resolves():
     for package in ("ponder.train", "ponder.eval", "ponder.analysis", "ponder.tasks",
                     "ponder.policies", "ponder.models", "ponder.benchmarking"):
         module = importlib.import_module(package)
-        for name in module.__all__:
-            assert getattr(module, name) is not None, f"{package}.{name}"
+        for name in module.__all__:  # a name, or a submodule (``from package import name``)
+            value = getattr(module, name, None) or importlib.import_module(f"{package}.{name}")
+            assert value is not None, f"{package}.{name}"
 
 
 def test_the_library_never_imports_an_app():
