@@ -27,7 +27,8 @@ router runs here unchanged. Per step n and block b of the step's group:
 When nearly every token is active (fraction ≥ ``DENSE_FALLBACK``) the step runs on every row
 without gather, padding or scatter (frozen rows copied back), still filling the
 caches. A group with a block router runs :meth:`CompactStepper._routed_step` (per block, the
-router's pick among the active tokens are the queries; keys/values of every row, no cache).
+router's pick among the active tokens are the queries; keys/values of every row, no cache;
+a ``keys="routed"`` router's block runs on the gathered entering rows only).
 Measurements and the reasons for the thresholds: ``docs/performance.md``.
 
 Without autograd (``torch.no_grad`` / ``inference_mode``) the caches, the padded query grid
@@ -391,6 +392,10 @@ class CompactStepper:
             self.ctx.set_entering(enter)
             if not bool(enter.any()):
                 continue
+            if route is not None and block.router.keys == "routed":
+                x = self._routed_keys_block(block, x, enter, route, rope,
+                                            source if j == 0 else None)
+                continue
             index = dispatch.index(enter, dense=False)
             y, kv_r = block.kv_rows(x, rope, source=source if j == 0 else None)
             H, hd = block.attn.n_heads, block.attn.head_dim
@@ -412,6 +417,56 @@ class CompactStepper:
         out_state = x.view(B, L, D)
         self._remember(h, out_state, None)
         return out_state
+
+    def _routed_keys_block(self, block: Block, x: torch.Tensor, enter: torch.Tensor, route,
+                           rope, source: Optional[torch.Tensor]) -> torch.Tensor:
+        """A block whose attention runs among the entering tokens only (``keys="routed"``,
+        Mixture-of-Depths): everything — norm, keys/values, queries, attention, FFN — on the
+        gathered entering rows, so the block costs what its routed tokens cost, in training
+        too. x [B·L, D] block input, enter [B, L] bool → x with the entering rows updated.
+
+        The entering rows of each sequence, in position order, fill a padded ``[B, A, ·]``
+        grid (A the largest count); a query sees the grid's real keys (up to itself when
+        causal) — exactly the dense reference's ``ctx.keys_of(enter)`` mask."""
+        B, L = self.B, self.L
+        H, hd = block.attn.n_heads, block.attn.head_dim
+        rows = enter.reshape(-1).nonzero().view(-1)  # sorted: sequence, then position
+        counts = enter.sum(1)
+        A = int(counts.max())
+        seq = torch.div(rows, L, rounding_mode="floor")
+        rank = (enter.cumsum(1) - 1).view(-1).index_select(0, rows)
+        slot = seq * A + rank
+        x_q = x.index_select(0, rows)
+        rope_q = None if rope is None else tuple(t.index_select(0, rows) for t in rope)
+        src = None if source is None else source.index_select(0, rows)
+        y, kv = block.kv_rows(x_q, rope_q, source=src)
+        q = block.q_rows(y, rope_q)
+        T, D = x_q.shape
+        # one [B·A, 3·D] grid of queries, keys and values; padded slots stay zero
+        qkv = torch.cat([q.reshape(T, D), kv], dim=1)
+        grid = qkv.new_zeros(B * A, 3 * D).index_copy(0, slot, qkv)
+        grid = grid.view(B, A, 3, H, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, A, hd]
+        full = bool((counts == A).all())
+        mask, is_causal = None, False
+        if full:
+            is_causal = self.ctx.causal   # every slot real: the plain (causal) kernel
+        else:
+            ar = torch.arange(A, device=x.device)
+            valid = ar[None, :] < counts[:, None]                       # [B, A] real slots
+            allowed = valid[:, None, :].expand(B, A, A)
+            if self.ctx.causal:
+                allowed = allowed & torch.ones(A, A, dtype=torch.bool, device=x.device).tril()
+            # a padded query slot sees itself (a zero key): no all-masked row, no NaN
+            mask = (allowed | torch.eye(A, dtype=torch.bool, device=x.device))[:, None]
+        p = block.attn.dropout if block.attn.training else 0.0
+        a = torch.nn.functional.scaled_dot_product_attention(
+            grid[0], grid[1], grid[2], attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        a = a.transpose(1, 2).reshape(B * A, D).index_select(0, slot)
+        out = block.finish(x_q, a, self.ctx, rows)
+        if route.weight is not None:
+            w = route.weight.reshape(-1).index_select(0, rows)[:, None]
+            out = x_q + w * (out - x_q)
+        return x.index_copy(0, rows, out)
 
     def _write(self, cache: torch.Tensor, tokens: torch.Tensor, kv: torch.Tensor,
                src: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -42,7 +42,8 @@ from ponder.models.layers import AttnContext, Block, Group
 from ponder.policies.base import Halting, Policy, View
 
 # dense: the reference; compact: gather the active tokens (ponder.models.compact);
-# auto: compact at inference (model.eval()), dense in training
+# auto: compact at inference (model.eval()), dense in training (compact when the core has
+# block routers)
 EXECUTIONS = ("dense", "compact", "auto")
 
 
@@ -129,7 +130,24 @@ class Engine:
 
     # -- the loop ---------------------------------------------------------------------------
     def compacts(self, training: bool) -> bool:
-        return self.execution == "compact" or (self.execution == "auto" and not training)
+        """``auto`` compacts at inference, and in training too when a core block has a router
+        (the routed blocks then run on their entering tokens only: the saving of routing is
+        wall-clock time in training as well; compact equals dense, tests/models)."""
+        if self.execution == "auto" and training:
+            return self.routed()
+        return self.execution == "compact" or self.execution == "auto"
+
+    def routed(self) -> bool:
+        """Whether any block of the core's steps 1..N carries a router."""
+        seen: set[int] = set()
+        for n in range(1, self.max_steps + 1):
+            group = self.core(n)
+            if id(group) in seen:
+                continue
+            seen.add(id(group))
+            if any(block.router is not None for block in group.blocks):
+                return True
+        return False
 
     def run(self, *, h0: torch.Tensor, mask: torch.Tensor, ctx: AttnContext,
             readout: Callable[[torch.Tensor], torch.Tensor], training: bool) -> EngineResult:
