@@ -1,7 +1,7 @@
 """``ponder bench``: wall-clock of adaptive vs full-depth execution, and training cost.
 
     ponder bench [--quick] [--json] [--out FILE] [--run RUN_DIR] [--threads N]
-                 [--repeats R] [--part inference|training|all]
+                 [--repeats R] [--part inference|training|routing|all]
 
 Inference (``ponder.benchmarking.inference``): for d_model ∈ {128, 256} × seq ∈ {64, 256}
 (batch 128 / 32; ``--quick``: 32 / 8), T_max = 12 and per-token halting depths of mean ¼, ½,
@@ -11,6 +11,8 @@ and efficiency = ideal / ratio. ``--run RUN_DIR`` adds the depths the run's trai
 produces on its valid split (with that run's T_max).
 Training (``ponder.benchmarking.training``): forward + backward of every policy against the
 fixed-depth model of the same size, and compacted training for hard-halting policies.
+Routing (``ponder.benchmarking.routing``; ``--part routing`` only, not in ``all``): the training
+step of Mixture-of-Depths at capacity 12.5% on every other block against the dense model.
 
 Progress goes to stderr; ``--json`` prints the records as one JSON document on stdout.
 """
@@ -43,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only-run", action="store_true", help="with --run: time only the run's depths")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; never more than cores)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per configuration")
-    p.add_argument("--part", choices=("inference", "training", "all"), default="all")
+    p.add_argument("--part", choices=("inference", "training", "routing", "all"), default="all")
     p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                    help="tuned: glibc keeps freed memory (no page faults on every large tensor; "
                         "what jemalloc/tcmalloc give), applied to every implementation alike")
@@ -146,6 +148,13 @@ def run(args: argparse.Namespace) -> int:
                                                             f"N={config.max_steps}"))
         doc["training"] = [r.to_json() for r in records]
         print_training(records, out)
+    if args.part == "routing":
+        from ponder.benchmarking import routing
+        config = routing.RoutingConfig(batch=4, seq=128) if args.quick else routing.RoutingConfig()
+        records = routing.bench_routing(config, repeats=args.repeats or (3 if args.quick else 5),
+                                        on_round=progress("routing"))
+        doc["routing"] = [r.to_json() for r in records]
+        routing.print_routing(records, out)
     doc["machine"]["seconds"] = round(time.time() - t0, 1)
     doc["machine"]["load_avg_end"] = machine(args.threads)["load_avg"]
     text = json.dumps(doc, indent=1)
