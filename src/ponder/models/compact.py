@@ -85,12 +85,14 @@ class CompactStepper:
     def __init__(self, *, core: Callable[[int], Group],
                  step_embedding: Optional[Callable[[int], Optional[torch.Tensor]]],
                  ctx: AttnContext, mask: torch.Tensor, max_steps: int,
-                 dense_fallback: Optional[float] = None) -> None:
+                 dense_fallback: Optional[float] = None, active_keys: bool = False) -> None:
         self.core = core
         self.step_embedding = step_embedding
         self.ctx = ctx
         self.B, self.L = mask.shape
         self.dense_fallback = DENSE_FALLBACK if dense_fallback is None else dense_fallback
+        # attention among the active tokens only (the policy's keys() == "active")
+        self.active_keys = active_keys
         self.shared = max_steps < 2 or core(1) is core(2)
         self.caches: dict[int, list[torch.Tensor]] = {}
         self.stale: dict[int, torch.Tensor] = {}
@@ -115,7 +117,7 @@ class CompactStepper:
     def step(self, n: int, h: torch.Tensor, active: torch.Tensor,
              memory: Optional[torch.Tensor] = None) -> torch.Tensor:
         """h [B, L, D], active [B, L] bool → state after step n [B, L, D] (frozen rows kept).
-        ``memory`` [B, L, D] (equal to h at frozen rows): the source of the first block's
+        ``memory`` [B, L, D] (h at frozen rows unless the policy shares it): the source of the first block's
         keys/values instead of h (``Decision.memory``); queries, residual and MLP use h.
 
         Three ways to run a step, chosen by how many rows need new keys/values:
@@ -139,7 +141,7 @@ class CompactStepper:
         if n_active == 0:
             return h
         group = self.core(n)
-        if any(block.router is not None for block in group.blocks):
+        if self.active_keys or any(block.router is not None for block in group.blocks):
             return self._routed_step(n, h, active, group, memory)
         dense = n_active >= self.dense_fallback * self.n_real
         index = self.dispatch.index(active, dense=dense)
@@ -368,7 +370,8 @@ class CompactStepper:
         tokens, the ones that enter; only they are queries and run the FFN. Keys/values of
         every row are computed per block (a routed block's rows change unevenly, so no cache
         is kept); keys are every token (state copying) or, for ``keys="routed"`` routers, the
-        entering ones only — as the dense reference (``Engine.run_step``)."""
+        entering ones only — as the dense reference (``Engine.run_step``). With
+        ``active_keys`` every block's attention runs among its entering tokens only."""
         B, L = self.B, self.L
         D = h.shape[-1]
         act_flat = active.reshape(-1)
@@ -382,20 +385,28 @@ class CompactStepper:
         for j, block in enumerate(group.blocks):
             route = None
             enter, ctx, dispatch = active, self.ctx, self.dispatch
+            # the keys: every real token (None), the active ones (the policy's keys "active"),
+            # or the entering ones (a keys="routed" router)
+            key_set = active if self.active_keys else None
             if block.router is not None:
-                route = block.router(x.view(B, L, D), active, self.ctx)
+                route = block.router(x.view(B, L, D), active,
+                                     self.ctx.keys_of(active) if self.active_keys else self.ctx)
                 enter = route.enter & active
                 if block.router.keys == "routed":
-                    ctx = self.ctx.keys_of(enter)
-                    dispatch = Dispatch(ctx=ctx, attn=block.attn, dtype=h.dtype, device=h.device)
+                    key_set = enter
+            if key_set is not None:
+                ctx = self.ctx.keys_of(key_set)
             self.ctx.count_block(block, enter, ctx)
             self.ctx.set_entering(enter)
             if not bool(enter.any()):
                 continue
-            if route is not None and block.router.keys == "routed":
+            if key_set is enter:
+                # attention among the entering tokens only: the block on their rows alone
                 x = self._routed_keys_block(block, x, enter, route, rope,
                                             source if j == 0 else None)
                 continue
+            if key_set is not None:
+                dispatch = Dispatch(ctx=ctx, attn=block.attn, dtype=h.dtype, device=h.device)
             index = dispatch.index(enter, dense=False)
             y, kv_r = block.kv_rows(x, rope, source=source if j == 0 else None)
             H, hd = block.attn.n_heads, block.attn.head_dim
@@ -463,7 +474,7 @@ class CompactStepper:
             grid[0], grid[1], grid[2], attn_mask=mask, dropout_p=p, is_causal=is_causal)
         a = a.transpose(1, 2).reshape(B * A, D).index_select(0, slot)
         out = block.finish(x_q, a, self.ctx, rows)
-        if route.weight is not None:
+        if route is not None and route.weight is not None:
             w = route.weight.reshape(-1).index_select(0, rows)[:, None]
             out = x_q + w * (out - x_q)
         return x.index_copy(0, rows, out)

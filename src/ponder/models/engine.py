@@ -17,7 +17,9 @@ Semantics of step n (the reference the compacted mode must reproduce exactly):
         x[enter] = b(x)[enter]        queries: entering tokens; keys/values: every token's
                                       current x (frozen ones included; only the entering
                                       ones for a router with keys="routed"); FFN: entering
-                                      only; a router weight w gives x + w·(b(x) − x)
+                                      only; a router weight w gives x + w·(b(x) − x);
+                                      only the active tokens are keys when the policy's
+                                      ``keys()`` is "active"
     then the policy sees x as ``view.h`` and decides who halts.
 
 WHERE COMPACTION PLUGS IN: the loop below calls one *stepper* per step,
@@ -111,11 +113,15 @@ class Engine:
         return torch.where(enter[..., None], y, x)
 
     def run_step(self, n: int, h: torch.Tensor, active: torch.Tensor,
-                 ctx: AttnContext, memory: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 ctx: AttnContext, memory: Optional[torch.Tensor] = None,
+                 active_keys: bool = False) -> torch.Tensor:
         """State after step n: h [B, L, D], active [B, L] → [B, L, D] (frozen rows unchanged).
-        ``memory`` [B, L, D] (equal to h at frozen rows): the first block's keys/values."""
+        ``memory`` [B, L, D]: the first block's keys/values source. ``active_keys``: attention
+        among the active tokens only (the policy's ``keys() == "active"``)."""
         if not bool(active.any()):
             return h
+        if active_keys:
+            ctx = ctx.keys_of(active)
         # no pad and nobody frozen: the masks would keep every row (skip them, ~4% of a step)
         every = bool(active.all())
         x = h
@@ -158,14 +164,18 @@ class Engine:
             # no pads, no causality: the context's mask is all True, and the unmasked attention
             # kernel is the faster one (same result)
             ctx = dataclasses.replace(ctx, attn_mask=None)
+        keys = policy.keys()
+        if keys not in ("all", "active"):
+            raise ConfigError(f"policy {policy.name!r}: keys() must be 'all' or 'active', got {keys!r}")
+        active_keys = keys == "active"
         if self.compacts(training):
             from ponder.models.compact import CompactStepper
             step = CompactStepper(core=self.core, step_embedding=self.step_embedding, ctx=ctx,
-                                  mask=mask, max_steps=N).step
+                                  mask=mask, max_steps=N, active_keys=active_keys).step
         else:
             def step(n: int, h: torch.Tensor, active: torch.Tensor,
                      memory: Optional[torch.Tensor] = None) -> torch.Tensor:
-                return self.run_step(n, h, active, ctx, memory)
+                return self.run_step(n, h, active, ctx, memory, active_keys)
         grad = torch.is_grad_enabled()
         active = mask.clone()
         # pads never run and never pass gradient anywhere
@@ -207,9 +217,12 @@ class Engine:
                 # newly halted rows freeze at it, the others did not change — the step output
                 # is the next state
                 h = new
-            # frozen tokens show their state as keys/values; active ones the policy's memory
-            memory = (None if decision.memory is None
-                      else torch.where(still[..., None], decision.memory, h))
+            # frozen tokens show their state as keys/values (unless the memory is everyone's);
+            # active ones the policy's memory
+            if decision.memory is None or decision.memory_frozen:
+                memory = decision.memory
+            else:
+                memory = torch.where(still[..., None], decision.memory, h)
             active = still
         if not grad:
             exit_state = h  # every token is frozen at its exit state after step N
