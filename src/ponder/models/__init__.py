@@ -66,7 +66,7 @@ from ponder.models.stacked import build_stacked  # noqa: E402
 register_model("recurrent", build_recurrent)
 register_model("stacked", build_stacked)
 
-for _optional in ("ponder.models.adatape", "ponder.models.routers"):
+for _optional in ("ponder.models.adatape", "ponder.models.routers", "ponder.models.colt5"):
     try:
         importlib.import_module(_optional)
     except ModuleNotFoundError as _exc:
