@@ -291,7 +291,8 @@ def test_skip_group_equals_per_token_loop(causal, compact):
 
 def test_skip_router_saves_flops_and_reenters_across_steps():
     """Over the steps of a recurrent core, a token skipped at step n may run at step n+1; the
-    FLOPs per token count exactly the blocks each token entered."""
+    FLOPs per token count exactly the blocks each token entered, plus the router's score at
+    every step (it scores every running token)."""
     model = make("skip", causal=False, kind="recurrent", layers=4, core=1, positions="none").eval()
     block = model.core.blocks[0]
     log: list = []
@@ -306,7 +307,7 @@ def test_skip_router_saves_flops_and_reenters_across_steps():
     L = tokens.shape[1]
     fixed = block.flops_per_token(float(L))
     plain = 2 * (model.prelude.blocks[0].flops_per_token(float(L))) + 2.0 * 16 * V
-    expected = plain + entered.sum(0).double() * fixed
+    expected = plain + entered.sum(0).double() * fixed + 4 * 2.0 * 16
     torch.testing.assert_close(out.flops, expected)
 
 

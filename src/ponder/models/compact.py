@@ -391,6 +391,7 @@ class CompactStepper:
             if block.router is not None:
                 route = block.router(x.view(B, L, D), active,
                                      self.ctx.keys_of(active) if self.active_keys else self.ctx)
+                self.ctx.count_flops(active, block.router.flops_per_token())
                 enter = route.enter & active
                 if block.router.keys == "routed":
                     key_set = enter

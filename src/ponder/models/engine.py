@@ -103,6 +103,7 @@ class Engine:
             out = block(x, ctx, source=memory)
             return out if every else torch.where(active[..., None], out, x)
         route = block.router(x, active, ctx)
+        ctx.count_flops(active, block.router.flops_per_token())  # it scored every candidate
         enter = route.enter & active
         keys = ctx.keys_of(enter) if block.router.keys == "routed" else ctx
         ctx.count_block(block, enter, keys)

@@ -51,7 +51,8 @@ class MoDKnobs:
                                  "detached inputs, or the router itself trained with BCE")
     aux_weight: float = knob(0.01, lo=0.0, hi=100.0,
                              help="weight of the BCE against top-k membership")
-    predictor_hidden: int = knob(64, lo=1, hi=65536, help="hidden width of the predictor MLP")
+    predictor_hidden: int = knob(0, lo=0, hi=65536,
+                                 help="hidden width of the predictor MLP (0: d_model // 8)")
     weight: str = knob("sigmoid", choices=("sigmoid", "raw"),
                        help="update scale: σ(r) or the raw router logit r (the paper's)")
 
@@ -71,8 +72,9 @@ class MixtureOfDepths(Router):
         self.knobs: MoDKnobs = knobs or MoDKnobs()
         self.score = nn.Linear(d_model, 1)
         self.predictor: Optional[nn.Sequential] = None
+        self.hidden = self.knobs.predictor_hidden or max(1, d_model // 8)
         if self.knobs.causal_rule == "predictor":
-            h = self.knobs.predictor_hidden
+            h = self.hidden
             self.predictor = nn.Sequential(nn.Linear(d_model, h), nn.GELU(), nn.Linear(h, 1))
         self.d_model = d_model
 
@@ -105,8 +107,8 @@ class MixtureOfDepths(Router):
         return Route(enter=enter, weight=weight)
 
     def flops_per_token(self) -> float:
-        # the router's dot product; the predictor's MLP when it runs
+        # the router's dot product and the predictor's MLP, on every candidate
         f = 2.0 * self.d_model
         if self.predictor is not None:
-            f += 4.0 * self.d_model * self.knobs.predictor_hidden
+            f += 4.0 * self.d_model * self.hidden
         return f
