@@ -319,3 +319,25 @@ def test_skip_router_saves_flops_and_reenters_across_steps():
 def test_bad_router_knobs(router, knobs):
     with pytest.raises(ConfigError, match=r"model\.router\.knobs|has no knob"):
         make(router, causal=False, knobs=knobs)
+
+
+@pytest.mark.parametrize("execution", ["dense", "auto"])
+def test_mod_flops_known_answer(execution):
+    """FLOPs per token of a Mixture-of-Depths layer: the router (and predictor) on every
+    token, the block only for the k entering ones, with the k routed tokens as keys."""
+    model = make("mod", causal=False, knobs={"capacity": 0.25}, layers=2, every=2,
+                 positions="none", execution=execution).eval()
+    tokens = torch.randint(0, V, (3, 8), generator=torch.Generator().manual_seed(6))
+    seen: list = []
+    router = model.layers[1].blocks[0].router
+    hook = router.register_forward_hook(lambda m, a, o: seen.append(o.enter))
+    with torch.no_grad():
+        flops = model(tokens).flops
+    hook.remove()
+    enter = seen[0]
+    assert enter.sum(1).tolist() == [2, 2, 2]
+    d, d_ff, L = 16, 32, 8
+    block = lambda keys: 8.0 * d * d + 4.0 * d * d_ff + 4.0 * d * keys
+    scorer = 2.0 * d + 4.0 * d * (d // 8)
+    expected = 3 * block(L) + 2.0 * d * V + scorer + enter.double() * block(2)
+    torch.testing.assert_close(flops, expected)
