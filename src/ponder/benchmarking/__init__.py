@@ -6,3 +6,5 @@
 - :mod:`~ponder.benchmarking.training`: forward+backward cost of every halting policy
   against the fixed-depth model of the same size, and compacted training.
 """
+
+__all__ = ["inference", "timing", "training"]

@@ -129,6 +129,23 @@ class AttnContext:
         if self.flops is not None:
             self.flops += tokens.to(self.flops.dtype) * per_token
 
+    def count_row_flops(self, rows: Optional[torch.Tensor], per_row: torch.Tensor) -> None:
+        """Add FLOPs that depend on the row, from inside a kind's ``forward``: per_row [R] is
+        what each row used beyond the kind's ``flops_per_token()`` (experts evaluated, leaves
+        descended, width run). ``rows`` as in ``FFN.forward`` (None: all ``B·L`` in order).
+        Only rows that really enter the block count (``row_weight``), so the total is the same
+        in dense and compacted execution."""
+        if self.flops is None:
+            return
+        flat = self.flops.view(-1)
+        if rows is None:
+            if per_row.numel() != flat.numel():
+                raise ValueError(f"count_row_flops: {per_row.numel()} rows without indices "
+                                 f"for {flat.numel()} tokens")
+            rows = torch.arange(flat.numel(), device=flat.device)
+        w = self.row_weight(rows, per_row.numel(), flat.dtype)
+        flat.index_add_(0, rows, w * per_row.detach().to(flat.dtype))
+
     def count_block(self, block: "Block", enter: torch.Tensor,
                     keys: "Optional[AttnContext]" = None) -> None:
         """Count the FLOPs of the tokens ``enter [B, L]`` running ``block`` with the keys of
@@ -274,7 +291,9 @@ class FFN(nn.Module):
     """Contract of an FFN kind (registry ``FFNS``): position-wise, on rows.
 
         forward(x [R, D] (normed), ctx, rows [R] long | None) → [R, D]
-        flops_per_token()  forward FLOPs per row
+        flops_per_token()  forward FLOPs per row (counted for every token entering the
+                           block; a kind whose cost depends on the row adds the rest from
+                           ``forward`` with ``ctx.count_row_flops(rows, per_row)``)
 
     ``rows``: the rows' flat token indices ``b·L + l`` in the batch (None: all ``B·L`` tokens
     in natural order), for kinds that need to know which sequence a row belongs to. A kind
