@@ -106,3 +106,24 @@ def test_colt5_is_refused_by_a_causal_model_and_checks_knobs():
         with pytest.raises(ConfigError):
             models.build(ModelConfig(**dict(base, ffn=KindConfig(kind="colt5", knobs=bad))),
                          Fixed(), vocab_size=9)
+
+
+def test_colt5_flops_charge_the_heavy_branch_to_routed_tokens():
+    """A model's FLOPs per token: light FFN + router for every token, the heavy FFN only for
+    the ⌈capacity·L⌉ routed tokens of each sequence (dense and compacted alike)."""
+    flops = {}
+    for execution in ("dense", "compact"):
+        cfg = ModelConfig(kind="stacked", d_model=16, n_heads=2, d_ff=32, prelude=0, coda=0,
+                          max_steps=1, positions="none", execution=execution,
+                          ffn=KindConfig(kind="colt5", knobs={"capacity": 0.25}))
+        torch.manual_seed(0)
+        model = models.build(cfg, Fixed(), vocab_size=9).eval()
+        tokens = torch.randint(0, 9, (3, 8), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            flops[execution] = model(tokens).flops
+    torch.testing.assert_close(flops["compact"], flops["dense"])
+    d, L = 16, 8
+    base = 8.0 * d * d + 4.0 * d * L + 4.0 * d * 4 + 2.0 * d + 2.0 * d * 9
+    heavy = flops["dense"] - base
+    assert sorted(set(heavy.flatten().tolist())) == [0.0, 4.0 * d * 32]
+    assert (heavy > 0).sum(1).tolist() == [2, 2, 2]

@@ -4,7 +4,9 @@
 - :mod:`~ponder.benchmarking.inference`: full-depth vs masked-dense vs compacted execution
   over a grid of widths, lengths and depth profiles;
 - :mod:`~ponder.benchmarking.training`: forward+backward cost of every halting policy
-  against the fixed-depth model of the same size, and compacted training.
+  against the fixed-depth model of the same size, and compacted training;
+- :mod:`~ponder.benchmarking.routing`: the training step of Mixture-of-Depths against the
+  dense model, next to their FLOPs ratio.
 """
 
-__all__ = ["inference", "timing", "training"]
+__all__ = ["inference", "routing", "timing", "training"]

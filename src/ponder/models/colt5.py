@@ -18,8 +18,8 @@ here: its light local / heavy routed attention does not fit the row-level attent
 
 Which rows route: the rows that really enter the block (``ctx.row_weight``), so dense and
 compacted execution pick the same tokens. Top-k over the sequence reads every position:
-not causal. ``flops_per_token`` is the mean per entering token (light + capacity·heavy +
-router); the routed tokens use more, the others less.
+not causal. FLOPs: light FFN and router for every entering token, the heavy FFN charged to
+the routed ones only (``ctx.count_row_flops``).
 """
 
 from __future__ import annotations
@@ -130,8 +130,13 @@ class CoLT5FFN(FFN):
         if idx.numel():
             heavy = self.heavy_down(F.gelu(self.heavy_up(x.index_select(0, idx))))
             out = out.index_add(0, idx, mult[:, None] * heavy)
+        if ctx is not None and (rows is not None or x.shape[0] == ctx.key_mask.numel()):
+            # the heavy branch's FLOPs, charged to the routed rows only
+            per_row = x.new_zeros(x.shape[0]).index_fill(0, idx, 4.0 * self.d_model * self.heavy)
+            ctx.count_row_flops(rows, per_row)
         return self.drop(out).view(shape)
 
     def flops_per_token(self) -> float:
-        d = self.d_model
-        return 4.0 * d * self.light + self.knobs.capacity * 4.0 * d * self.heavy + 2.0 * d
+        """Light FFN and router per entering row (the heavy branch is counted per routed row
+        in ``forward``)."""
+        return 4.0 * self.d_model * self.light + 2.0 * self.d_model
