@@ -341,3 +341,39 @@ def test_mod_flops_known_answer(execution):
     scorer = 2.0 * d + 4.0 * d * (d // 8)
     expected = 3 * block(L) + 2.0 * d * V + scorer + enter.double() * block(2)
     torch.testing.assert_close(flops, expected)
+
+
+# -- the command line ----------------------------------------------------------------------
+TINY = ["task.name=list_rank", "task.knobs.m_min=2", "task.knobs.m_max=4", "task.knobs.ood_m_min=5",
+        "task.knobs.ood_m_max=6", "task.knobs.n_labels=8", "model.positions=none",
+        "model.d_model=16", "model.n_heads=2", "model.d_ff=32", "model.max_steps=2",
+        "model.core=2", "run.batch_size=4", "run.valid_batches=1", "schedule.warmup=1",
+        "run.steps=2", "run.eval_every=2", "run.ckpt_every=2", "run.threads=1"]
+
+
+@pytest.mark.parametrize("bad", ["model.router.knobs={capacity: 2.0}",
+                                 "model.router.knobs={causal_rule: oracle}",
+                                 "model.router.kind=nope"])
+def test_train_cli_refuses_bad_router_config(tmp_path, capsys, bad):
+    from ponder.cli import main
+    args = ["train", *TINY, "model.router.kind=mod", bad, "--out", str(tmp_path / "r"),
+            "--progress", "none"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ponder: error:")
+
+
+def test_train_cli_trains_a_routed_model(tmp_path):
+    from ponder.cli import main
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "model.router.kind=mod", "model.router.every=2",
+                 "--out", str(out), "--progress", "none"]) == 0
+    assert (out / "result.json").exists()
+
+
+@pytest.mark.parametrize("what,kinds", [("router", ("mod", "skip")), ("ffn", ("colt5",))])
+def test_cli_lists_the_new_kinds(what, kinds, capsys):
+    from ponder.cli import main
+    assert main([what, "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(k in out for k in kinds)
