@@ -168,3 +168,18 @@ def test_refused_where_it_does_not_apply():
     model = build("mor_token", kv="recursion")
     with pytest.raises(ConfigError, match="cannot run"):
         model(torch.zeros(1, 3, dtype=torch.long), steps=N + 2)
+
+
+@pytest.mark.parametrize("name,kv,causal", CASES)
+def test_mor_inference_compact_equals_dense(name, kv, causal):
+    """Without autograd (the compacted stepper's in-place buffers; float32, the compiled
+    kernels where they build) the compacted model answers as the dense reference."""
+    dense = build(name, kv=kv, causal=causal).float().eval()
+    comp = build(name, kv=kv, causal=causal, execution="auto").float().eval()
+    comp.load_state_dict(dense.state_dict())
+    tokens, mask = batch()
+    with torch.no_grad():
+        a, b = dense(tokens, mask), comp(tokens, mask)
+    assert torch.equal(a.steps, b.steps)
+    torch.testing.assert_close(b.logits[mask], a.logits[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.flops, a.flops)
