@@ -28,7 +28,8 @@ When nearly every token is active (fraction ≥ ``DENSE_FALLBACK``) the step run
 without gather, padding or scatter (frozen rows copied back), still filling the
 caches. A group with a block router runs :meth:`CompactStepper._routed_step` (per block, the
 router's pick among the active tokens are the queries; keys/values of every row, no cache;
-a ``keys="routed"`` router's block runs on the gathered entering rows only).
+a ``keys="routed"`` router's block runs on the gathered entering rows only), and so does
+every step of a policy whose keys are the active tokens only (``Policy.keys()``).
 Measurements and the reasons for the thresholds: ``docs/performance.md``.
 
 Without autograd (``torch.no_grad`` / ``inference_mode``) the caches, the padded query grid
@@ -117,8 +118,9 @@ class CompactStepper:
     def step(self, n: int, h: torch.Tensor, active: torch.Tensor,
              memory: Optional[torch.Tensor] = None) -> torch.Tensor:
         """h [B, L, D], active [B, L] bool → state after step n [B, L, D] (frozen rows kept).
-        ``memory`` [B, L, D] (h at frozen rows unless the policy shares it): the source of the first block's
-        keys/values instead of h (``Decision.memory``); queries, residual and MLP use h.
+        ``memory`` [B, L, D] (h at frozen rows, unless ``Decision.memory_frozen``): the source
+        of the first block's keys/values instead of h (``Decision.memory``); queries,
+        residual and MLP use h.
 
         Three ways to run a step, chosen by how many rows need new keys/values:
 
