@@ -45,7 +45,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ponder.models.dispatch import Dispatch, StepIndex
+from ponder.models.dispatch import Dispatch, StepIndex, attend_among
 from ponder.models.layers import AttnContext, Block, Group
 
 # Above this fraction of active tokens a step skips the query gather/scatter (measured:
@@ -435,47 +435,20 @@ class CompactStepper:
     def _routed_keys_block(self, block: Block, x: torch.Tensor, enter: torch.Tensor, route,
                            rope, source: Optional[torch.Tensor]) -> torch.Tensor:
         """A block whose attention runs among the entering tokens only (``keys="routed"``,
-        Mixture-of-Depths): everything — norm, keys/values, queries, attention, FFN — on the
-        gathered entering rows, so the block costs what its routed tokens cost, in training
-        too. x [B·L, D] block input, enter [B, L] bool → x with the entering rows updated.
-
-        The entering rows of each sequence, in position order, fill a padded ``[B, A, ·]``
-        grid (A the largest count); a query sees the grid's real keys (up to itself when
-        causal) — exactly the dense reference's ``ctx.keys_of(enter)`` mask."""
-        B, L = self.B, self.L
-        H, hd = block.attn.n_heads, block.attn.head_dim
+        Mixture-of-Depths; or a policy whose keys are the active tokens): everything — norm,
+        keys/values, queries, attention, FFN — on the gathered entering rows, so the block
+        costs what its entering tokens cost, in training too. x [B·L, D] block input, enter
+        [B, L] bool → x with the entering rows updated (the dense reference's
+        ``ctx.keys_of(enter)``; attention through :func:`ponder.models.dispatch.attend_among`)."""
+        L = self.L
         rows = enter.reshape(-1).nonzero().view(-1)  # sorted: sequence, then position
-        counts = enter.sum(1)
-        A = int(counts.max())
-        seq = torch.div(rows, L, rounding_mode="floor")
-        rank = (enter.cumsum(1) - 1).view(-1).index_select(0, rows)
-        slot = seq * A + rank
         x_q = x.index_select(0, rows)
         rope_q = None if rope is None else tuple(t.index_select(0, rows) for t in rope)
         src = None if source is None else source.index_select(0, rows)
         y, kv = block.kv_rows(x_q, rope_q, source=src)
         q = block.q_rows(y, rope_q)
-        T, D = x_q.shape
-        # one [B·A, 3·D] grid of queries, keys and values; padded slots stay zero
-        qkv = torch.cat([q.reshape(T, D), kv], dim=1)
-        grid = qkv.new_zeros(B * A, 3 * D).index_copy(0, slot, qkv)
-        grid = grid.view(B, A, 3, H, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, A, hd]
-        full = bool((counts == A).all())
-        mask, is_causal = None, False
-        if full:
-            is_causal = self.ctx.causal   # every slot real: the plain (causal) kernel
-        else:
-            ar = torch.arange(A, device=x.device)
-            valid = ar[None, :] < counts[:, None]                       # [B, A] real slots
-            allowed = valid[:, None, :].expand(B, A, A)
-            if self.ctx.causal:
-                allowed = allowed & torch.ones(A, A, dtype=torch.bool, device=x.device).tril()
-            # a padded query slot sees itself (a zero key): no all-masked row, no NaN
-            mask = (allowed | torch.eye(A, dtype=torch.bool, device=x.device))[:, None]
         p = block.attn.dropout if block.attn.training else 0.0
-        a = torch.nn.functional.scaled_dot_product_attention(
-            grid[0], grid[1], grid[2], attn_mask=mask, dropout_p=p, is_causal=is_causal)
-        a = a.transpose(1, 2).reshape(B * A, D).index_select(0, slot)
+        a = attend_among(q, kv, enter, rows, causal=self.ctx.causal, p=p)
         out = block.finish(x_q, a, self.ctx, rows)
         if route is not None and route.weight is not None:
             w = route.weight.reshape(-1).index_select(0, rows)[:, None]
