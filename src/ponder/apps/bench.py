@@ -1,7 +1,7 @@
 """``ponder bench``: wall-clock of adaptive vs full-depth execution, and training cost.
 
     ponder bench [--quick] [--json] [--out FILE] [--run RUN_DIR] [--threads N]
-                 [--repeats R] [--part inference|training|ffn|all]
+                 [--repeats R] [--part inference|training|ffn|routing|all]
 
 Inference (``ponder.benchmarking.inference``): for d_model ∈ {128, 256} × seq ∈ {64, 256}
 (batch 128 / 32; ``--quick``: 32 / 8), T_max = 12 and per-token halting depths of mean ¼, ½,
@@ -14,6 +14,8 @@ fixed-depth model of the same size, and compacted training for hard-halting poli
 FFN kinds (``ponder.benchmarking.fff``, ``.structured``): the fast feedforward tree at
 inference against a dense FFN of the same total width; the structured kinds against the dense
 FFN of the same parameters.
+Routing (``ponder.benchmarking.routing``; ``--part routing`` only, not in ``all``): the training
+step of Mixture-of-Depths at capacity 12.5% on every other block against the dense model.
 
 Progress goes to stderr; ``--json`` prints the records as one JSON document on stdout.
 """
@@ -46,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only-run", action="store_true", help="with --run: time only the run's depths")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; never more than cores)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per configuration")
-    p.add_argument("--part", choices=("inference", "training", "ffn", "all"), default="all")
+    p.add_argument("--part", choices=("inference", "training", "ffn", "routing", "all"), default="all")
     p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                    help="tuned: glibc keeps freed memory (no page faults on every large tensor; "
                         "what jemalloc/tcmalloc give), applied to every implementation alike")
@@ -158,6 +160,13 @@ def run(args: argparse.Namespace) -> int:
         rows = structured.bench_structured(quick=args.quick, repeats=repeats, on_round=progress)
         doc["structured"] = [r.to_json() for r in rows]
         structured.print_structured(rows, out)
+    if args.part == "routing":
+        from ponder.benchmarking import routing
+        config = routing.RoutingConfig(batch=4, seq=128) if args.quick else routing.RoutingConfig()
+        records = routing.bench_routing(config, repeats=args.repeats or (3 if args.quick else 5),
+                                        on_round=progress("routing"))
+        doc["routing"] = [r.to_json() for r in records]
+        routing.print_routing(records, out)
     doc["machine"]["seconds"] = round(time.time() - t0, 1)
     doc["machine"]["load_avg_end"] = machine(args.threads)["load_avg"]
     text = json.dumps(doc, indent=1)

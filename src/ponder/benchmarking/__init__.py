@@ -7,7 +7,9 @@
   against the fixed-depth model of the same size, and compacted training;
 - :mod:`~ponder.benchmarking.fff`, :mod:`~ponder.benchmarking.structured` (``--part ffn``):
   the fast feedforward tree at inference against a dense FFN of the same total width, the
-  structured FFN kinds against the dense FFN of the same parameters.
+  structured FFN kinds against the dense FFN of the same parameters;
+- :mod:`~ponder.benchmarking.routing`: the training step of Mixture-of-Depths against the
+  dense model, next to their FLOPs ratio.
 """
 
-__all__ = ["fff", "inference", "structured", "timing", "training"]
+__all__ = ["fff", "inference", "routing", "structured", "timing", "training"]

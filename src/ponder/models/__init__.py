@@ -69,7 +69,7 @@ register_model("stacked", build_stacked)
 # block kinds beyond layers.py's; importing a module registers its kinds in ponder.models.kinds
 from ponder.models import fff, moa, sharcs, structured, switchhead  # noqa: E402,F401
 
-for _optional in ("ponder.models.adatape",):
+for _optional in ("ponder.models.adatape", "ponder.models.routers", "ponder.models.colt5"):
     try:
         importlib.import_module(_optional)
     except ModuleNotFoundError as _exc:

@@ -27,7 +27,9 @@ router runs here unchanged. Per step n and block b of the step's group:
 When nearly every token is active (fraction ≥ ``DENSE_FALLBACK``) the step runs on every row
 without gather, padding or scatter (frozen rows copied back), still filling the
 caches. A group with a block router runs :meth:`CompactStepper._routed_step` (per block, the
-router's pick among the active tokens are the queries; keys/values of every row, no cache).
+router's pick among the active tokens are the queries; keys/values of every row, no cache;
+a ``keys="routed"`` router's block runs on the gathered entering rows only), and so does
+every step of a policy whose keys are the active tokens only (``Policy.keys()``).
 Measurements and the reasons for the thresholds: ``docs/performance.md``.
 
 Without autograd (``torch.no_grad`` / ``inference_mode``) the caches, the padded query grid
@@ -43,7 +45,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ponder.models.dispatch import Dispatch, StepIndex
+from ponder.models.dispatch import Dispatch, StepIndex, attend_among
 from ponder.models.layers import AttnContext, Block, Group
 
 # Above this fraction of active tokens a step skips the query gather/scatter (measured:
@@ -84,12 +86,14 @@ class CompactStepper:
     def __init__(self, *, core: Callable[[int], Group],
                  step_embedding: Optional[Callable[[int], Optional[torch.Tensor]]],
                  ctx: AttnContext, mask: torch.Tensor, max_steps: int,
-                 dense_fallback: Optional[float] = None) -> None:
+                 dense_fallback: Optional[float] = None, active_keys: bool = False) -> None:
         self.core = core
         self.step_embedding = step_embedding
         self.ctx = ctx
         self.B, self.L = mask.shape
         self.dense_fallback = DENSE_FALLBACK if dense_fallback is None else dense_fallback
+        # attention among the active tokens only (the policy's keys() == "active")
+        self.active_keys = active_keys
         self.shared = max_steps < 2 or core(1) is core(2)
         self.caches: dict[int, list[torch.Tensor]] = {}
         self.stale: dict[int, torch.Tensor] = {}
@@ -114,8 +118,9 @@ class CompactStepper:
     def step(self, n: int, h: torch.Tensor, active: torch.Tensor,
              memory: Optional[torch.Tensor] = None) -> torch.Tensor:
         """h [B, L, D], active [B, L] bool → state after step n [B, L, D] (frozen rows kept).
-        ``memory`` [B, L, D] (equal to h at frozen rows): the source of the first block's
-        keys/values instead of h (``Decision.memory``); queries, residual and MLP use h.
+        ``memory`` [B, L, D] (h at frozen rows, unless ``Decision.memory_frozen``): the source
+        of the first block's keys/values instead of h (``Decision.memory``); queries,
+        residual and MLP use h.
 
         Three ways to run a step, chosen by how many rows need new keys/values:
 
@@ -138,7 +143,7 @@ class CompactStepper:
         if n_active == 0:
             return h
         group = self.core(n)
-        if any(block.router is not None for block in group.blocks):
+        if self.active_keys or any(block.router is not None for block in group.blocks):
             return self._routed_step(n, h, active, group, memory)
         dense = n_active >= self.dense_fallback * self.n_real
         index = self.dispatch.index(active, dense=dense)
@@ -367,7 +372,8 @@ class CompactStepper:
         tokens, the ones that enter; only they are queries and run the FFN. Keys/values of
         every row are computed per block (a routed block's rows change unevenly, so no cache
         is kept); keys are every token (state copying) or, for ``keys="routed"`` routers, the
-        entering ones only — as the dense reference (``Engine.run_step``)."""
+        entering ones only — as the dense reference (``Engine.run_step``). With
+        ``active_keys`` every block's attention runs among its entering tokens only."""
         B, L = self.B, self.L
         D = h.shape[-1]
         act_flat = active.reshape(-1)
@@ -381,16 +387,29 @@ class CompactStepper:
         for j, block in enumerate(group.blocks):
             route = None
             enter, ctx, dispatch = active, self.ctx, self.dispatch
+            # the keys: every real token (None), the active ones (the policy's keys "active"),
+            # or the entering ones (a keys="routed" router)
+            key_set = active if self.active_keys else None
             if block.router is not None:
-                route = block.router(x.view(B, L, D), active, self.ctx)
+                route = block.router(x.view(B, L, D), active,
+                                     self.ctx.keys_of(active) if self.active_keys else self.ctx)
+                self.ctx.count_flops(active, block.router.flops_per_token())
                 enter = route.enter & active
                 if block.router.keys == "routed":
-                    ctx = self.ctx.keys_of(enter)
-                    dispatch = Dispatch(ctx=ctx, attn=block.attn, dtype=h.dtype, device=h.device)
+                    key_set = enter
+            if key_set is not None:
+                ctx = self.ctx.keys_of(key_set)
             self.ctx.count_block(block, enter, ctx)
             self.ctx.set_entering(enter)
             if not bool(enter.any()):
                 continue
+            if key_set is enter:
+                # attention among the entering tokens only: the block on their rows alone
+                x = self._routed_keys_block(block, x, enter, route, rope,
+                                            source if j == 0 else None)
+                continue
+            if key_set is not None:
+                dispatch = Dispatch(ctx=ctx, attn=block.attn, dtype=h.dtype, device=h.device)
             index = dispatch.index(enter, dense=False)
             y, kv_r = block.kv_rows(x, rope, source=source if j == 0 else None)
             H, hd = block.attn.n_heads, block.attn.head_dim
@@ -412,6 +431,29 @@ class CompactStepper:
         out_state = x.view(B, L, D)
         self._remember(h, out_state, None)
         return out_state
+
+    def _routed_keys_block(self, block: Block, x: torch.Tensor, enter: torch.Tensor, route,
+                           rope, source: Optional[torch.Tensor]) -> torch.Tensor:
+        """A block whose attention runs among the entering tokens only (``keys="routed"``,
+        Mixture-of-Depths; or a policy whose keys are the active tokens): everything — norm,
+        keys/values, queries, attention, FFN — on the gathered entering rows, so the block
+        costs what its entering tokens cost, in training too. x [B·L, D] block input, enter
+        [B, L] bool → x with the entering rows updated (the dense reference's
+        ``ctx.keys_of(enter)``; attention through :func:`ponder.models.dispatch.attend_among`)."""
+        L = self.L
+        rows = enter.reshape(-1).nonzero().view(-1)  # sorted: sequence, then position
+        x_q = x.index_select(0, rows)
+        rope_q = None if rope is None else tuple(t.index_select(0, rows) for t in rope)
+        src = None if source is None else source.index_select(0, rows)
+        y, kv = block.kv_rows(x_q, rope_q, source=src)
+        q = block.q_rows(y, rope_q)
+        p = block.attn.dropout if block.attn.training else 0.0
+        a = attend_among(q, kv, enter, rows, causal=self.ctx.causal, p=p)
+        out = block.finish(x_q, a, self.ctx, rows)
+        if route is not None and route.weight is not None:
+            w = route.weight.reshape(-1).index_select(0, rows)[:, None]
+            out = x_q + w * (out - x_q)
+        return x.index_copy(0, rows, out)
 
     def _write(self, cache: torch.Tensor, tokens: torch.Tensor, kv: torch.Tensor,
                src: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -14,6 +14,8 @@ keys/values, output). Given the queries of chosen rows and the keys/values of ev
   when that saves enough padding; fully halted sequences are dropped when few are live; with
   a handful of queries per sequence (no autograd) two matrix multiplies replace SDPA.
 
+:func:`attend_among` runs attention among a subset of the tokens only (routed keys).
+
 Used by the compacted stepper (:mod:`ponder.models.compact`) for every step, and by
 :func:`run_group` for a fast full-depth pass (the same kernels, so full and compacted runs
 compare kernel for kernel). The reference path (``Block.forward``) never comes here.
@@ -240,6 +242,44 @@ class Dispatch:
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         return torch.matmul(scores.softmax(-1), v)
+
+
+def attend_among(q: torch.Tensor, kv: torch.Tensor, enter: torch.Tensor, rows: torch.Tensor, *,
+                 causal: bool, p: float) -> torch.Tensor:
+    """Attention among a subset of the tokens only (Mixture-of-Depths' routed tokens; a
+    recursion's running tokens): each query sees the keys of its sequence's subset (up to
+    its own position when causal).
+
+    q [T, H, hd] and kv [T, 2·D] (keys' heads, then values') of the subset's rows, ``rows``
+    [T] their sorted flat indices (``enter.reshape(-1).nonzero()``), enter [B, L] bool the
+    subset → [T, D]. The rows of each sequence fill a padded ``[B, H, A, hd]`` grid in
+    position order (A the largest count), one SDPA call: unmasked (or the causal kernel)
+    when every sequence has A tokens, else with the grid's mask (a padded query slot sees
+    itself, a zero key, so no row is all-masked and no NaN reaches the backward pass)."""
+    B, L = enter.shape
+    T, H, hd = q.shape
+    D = H * hd
+    counts = enter.sum(1)
+    A = int(counts.max())
+    seq = torch.div(rows, L, rounding_mode="floor")
+    rank = (enter.cumsum(1) - 1).view(-1).index_select(0, rows)
+    slot = seq * A + rank
+    # one [B·A, 3·D] grid of queries, keys and values; padded slots stay zero
+    qkv = torch.cat([q.reshape(T, D), kv], dim=1)
+    grid = qkv.new_zeros(B * A, 3 * D).index_copy(0, slot, qkv)
+    grid = grid.view(B, A, 3, H, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, A, hd]
+    mask, is_causal = None, False
+    if bool((counts == A).all()):
+        is_causal = causal   # every slot real: the plain (causal) kernel
+    else:
+        valid = torch.arange(A, device=q.device)[None, :] < counts[:, None]     # [B, A]
+        allowed = valid[:, None, :].expand(B, A, A)
+        if causal:
+            allowed = allowed & torch.ones(A, A, dtype=torch.bool, device=q.device).tril()
+        mask = (allowed | torch.eye(A, dtype=torch.bool, device=q.device))[:, None]
+    a = F.scaled_dot_product_attention(grid[0], grid[1], grid[2], attn_mask=mask, dropout_p=p,
+                                       is_causal=is_causal)
+    return a.transpose(1, 2).reshape(B * A, D).index_select(0, slot)
 
 
 def run_group(group: Group, h: torch.Tensor, ctx: AttnContext) -> torch.Tensor:

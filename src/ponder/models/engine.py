@@ -17,7 +17,9 @@ Semantics of step n (the reference the compacted mode must reproduce exactly):
         x[enter] = b(x)[enter]        queries: entering tokens; keys/values: every token's
                                       current x (frozen ones included; only the entering
                                       ones for a router with keys="routed"); FFN: entering
-                                      only; a router weight w gives x + w·(b(x) − x)
+                                      only; a router weight w gives x + w·(b(x) − x);
+                                      only the active tokens are keys when the policy's
+                                      ``keys()`` is "active"
     then the policy sees x as ``view.h`` and decides who halts.
 
 WHERE COMPACTION PLUGS IN: the loop below calls one *stepper* per step,
@@ -42,7 +44,8 @@ from ponder.models.layers import AttnContext, Block, Group
 from ponder.policies.base import Halting, Policy, View
 
 # dense: the reference; compact: gather the active tokens (ponder.models.compact);
-# auto: compact at inference (model.eval()), dense in training
+# auto: compact at inference (model.eval()), dense in training (compact when the core has
+# block routers)
 EXECUTIONS = ("dense", "compact", "auto")
 
 
@@ -100,6 +103,7 @@ class Engine:
             out = block(x, ctx, source=memory)
             return out if every else torch.where(active[..., None], out, x)
         route = block.router(x, active, ctx)
+        ctx.count_flops(active, block.router.flops_per_token())  # it scored every candidate
         enter = route.enter & active
         keys = ctx.keys_of(enter) if block.router.keys == "routed" else ctx
         ctx.count_block(block, enter, keys)
@@ -110,11 +114,15 @@ class Engine:
         return torch.where(enter[..., None], y, x)
 
     def run_step(self, n: int, h: torch.Tensor, active: torch.Tensor,
-                 ctx: AttnContext, memory: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 ctx: AttnContext, memory: Optional[torch.Tensor] = None,
+                 active_keys: bool = False) -> torch.Tensor:
         """State after step n: h [B, L, D], active [B, L] → [B, L, D] (frozen rows unchanged).
-        ``memory`` [B, L, D] (equal to h at frozen rows): the first block's keys/values."""
+        ``memory`` [B, L, D]: the first block's keys/values source. ``active_keys``: attention
+        among the active tokens only (the policy's ``keys() == "active"``)."""
         if not bool(active.any()):
             return h
+        if active_keys:
+            ctx = ctx.keys_of(active)
         # no pad and nobody frozen: the masks would keep every row (skip them, ~4% of a step)
         every = bool(active.all())
         x = h
@@ -129,7 +137,24 @@ class Engine:
 
     # -- the loop ---------------------------------------------------------------------------
     def compacts(self, training: bool) -> bool:
-        return self.execution == "compact" or (self.execution == "auto" and not training)
+        """``auto`` compacts at inference, and in training too when a core block has a router
+        (the routed blocks then run on their entering tokens only: the saving of routing is
+        wall-clock time in training as well; compact equals dense, tests/models)."""
+        if self.execution == "auto" and training:
+            return self.routed()
+        return self.execution == "compact" or self.execution == "auto"
+
+    def routed(self) -> bool:
+        """Whether any block of the core's steps 1..N carries a router."""
+        seen: set[int] = set()
+        for n in range(1, self.max_steps + 1):
+            group = self.core(n)
+            if id(group) in seen:
+                continue
+            seen.add(id(group))
+            if any(block.router is not None for block in group.blocks):
+                return True
+        return False
 
     def run(self, *, h0: torch.Tensor, mask: torch.Tensor, ctx: AttnContext,
             readout: Callable[[torch.Tensor], torch.Tensor], training: bool) -> EngineResult:
@@ -140,14 +165,18 @@ class Engine:
             # no pads, no causality: the context's mask is all True, and the unmasked attention
             # kernel is the faster one (same result)
             ctx = dataclasses.replace(ctx, attn_mask=None)
+        keys = policy.keys()
+        if keys not in ("all", "active"):
+            raise ConfigError(f"policy {policy.name!r}: keys() must be 'all' or 'active', got {keys!r}")
+        active_keys = keys == "active"
         if self.compacts(training):
             from ponder.models.compact import CompactStepper
             step = CompactStepper(core=self.core, step_embedding=self.step_embedding, ctx=ctx,
-                                  mask=mask, max_steps=N).step
+                                  mask=mask, max_steps=N, active_keys=active_keys).step
         else:
             def step(n: int, h: torch.Tensor, active: torch.Tensor,
                      memory: Optional[torch.Tensor] = None) -> torch.Tensor:
-                return self.run_step(n, h, active, ctx, memory)
+                return self.run_step(n, h, active, ctx, memory, active_keys)
         grad = torch.is_grad_enabled()
         active = mask.clone()
         # pads never run and never pass gradient anywhere
@@ -189,9 +218,12 @@ class Engine:
                 # newly halted rows freeze at it, the others did not change — the step output
                 # is the next state
                 h = new
-            # frozen tokens show their state as keys/values; active ones the policy's memory
-            memory = (None if decision.memory is None
-                      else torch.where(still[..., None], decision.memory, h))
+            # frozen tokens show their state as keys/values (unless the memory is everyone's);
+            # active ones the policy's memory
+            if decision.memory is None or decision.memory_frozen:
+                memory = decision.memory
+            else:
+                memory = torch.where(still[..., None], decision.memory, h)
             active = still
         if not grad:
             exit_state = h  # every token is frozen at its exit state after step N

@@ -372,6 +372,7 @@ class Router(nn.Module):
     keys: ClassVar[str] = "all"
 
     def flops_per_token(self) -> float:
+        """Forward FLOPs of scoring one candidate token (counted on every candidate)."""
         return 0.0
 
 
@@ -458,9 +459,9 @@ class Block(nn.Module):
         return self.ffn_residual(h.reshape(B * L, D), ctx).view(B, L, D)
 
     def flops_per_token(self, n_keys: torch.Tensor | float) -> torch.Tensor | float:
-        """Forward FLOPs of one token entering this block with ``n_keys`` keys visible."""
-        router = self.router.flops_per_token() if self.router is not None else 0.0
-        return self.attn.flops_per_token(n_keys) + self.ffn.flops_per_token() + router
+        """Forward FLOPs of one token entering this block with ``n_keys`` keys visible (the
+        block's router, which scores every candidate, is counted on them by whoever runs it)."""
+        return self.attn.flops_per_token(n_keys) + self.ffn.flops_per_token()
 
 
 class Group(nn.Module):

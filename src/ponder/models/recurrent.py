@@ -15,7 +15,8 @@ Which path runs: ``execution="auto"`` (the default) runs the plain-PyTorch refer
 (``layers.py`` + ``engine.py``: every token computed, halted ones masked) in training and the
 compacted stepper (:mod:`ponder.models.compact`, attention through
 :mod:`ponder.models.dispatch` and the compiled kernels) at inference, where the prelude and
-coda also go through the dispatcher. ``execution="dense"`` is the reference everywhere (and
+coda also go through the dispatcher; with a block router in the core it compacts in training
+too (routed blocks run on their entering tokens only). ``execution="dense"`` is the reference everywhere (and
 ``PONDER_KERNELS=0`` keeps the compiled kernels out of the compacted path);
 ``execution="compact"`` compacts in training too. All three give the same result (tests).
 """

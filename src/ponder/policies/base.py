@@ -132,13 +132,17 @@ class Decision:
     memory      [B, L, D] | None   what the next step's first block reads as the keys/values
                                    of still-active tokens, while their queries, residual and
                                    MLP use ``state`` (None: ``state`` for both; e.g. SUT's
-                                   soft-halted mix). Frozen tokens always show their state.
+                                   soft-halted mix). Frozen tokens show their state, unless
+    memory_frozen  bool            the memory is every token's keys/values source, frozen
+                                   ones included (Mixture-of-Recursions' keys/values shared
+                                   from the first recursion)
     """
 
     halt: torch.Tensor
     state: Optional[torch.Tensor] = None
     exit_state: Optional[torch.Tensor] = None
     memory: Optional[torch.Tensor] = None
+    memory_frozen: bool = False
 
 
 @dataclass
@@ -215,6 +219,13 @@ class Policy(nn.Module):
         """Cross-knob / knob-vs-model checks (after ``bind``); raise ConfigError."""
 
     # -- the per-forward protocol --------------------------------------------------------
+    def keys(self) -> str:
+        """Which tokens a step's attention sees as keys/values: ``"all"`` (every real token;
+        frozen ones at their frozen state: state copying) or ``"active"`` (the tokens running
+        this step only; Mixture-of-Recursions' recursion-wise keys/values). Fixed for the
+        forward pass."""
+        return "all"
+
     def needs_step_logits(self, training: bool) -> bool:
         """Whether the engine must collect per-step readouts (``out.step_logits``)."""
         return self.objective in ("expected", "per_step") and training
