@@ -43,7 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only-run", action="store_true", help="with --run: time only the run's depths")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; never more than cores)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per configuration")
-    p.add_argument("--part", choices=("inference", "training", "all"), default="all")
+    p.add_argument("--part", choices=("inference", "training", "all", "decode"), default="all",
+                   help="decode: cached generation of an LM-view --run (ponder.benchmarking.decode)")
+    from ponder.benchmarking.decode import add_arguments
+    add_arguments(p)  # --draft, --k, --exit-step, --exit of the decode part
     p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                    help="tuned: glibc keeps freed memory (no page faults on every large tensor; "
                         "what jemalloc/tcmalloc give), applied to every implementation alike")
@@ -101,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
                               "or a directory)")
     run_depths = None
     run_steps = None
+    if args.part == "decode":  # its own module: the run is an LM-view run, not a depth profile
+        from ponder.benchmarking.decode import run_from_args
+        return run_from_args(args)
     if args.run is not None:
         if not Path(args.run).is_dir():
             raise ConfigError(f"run directory {args.run!r} does not exist")

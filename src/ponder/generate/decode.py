@@ -187,32 +187,34 @@ class Decoder:
             h = self.block(block, (coda, i), h, c0, rope, mask, ctx, write=write)
         return self.model.readout.head(self.model.readout.norm(h))
 
-    def _core_flops(self, block: Block, n_keys: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(block.flops_per_token(n_keys), dtype=torch.float64)
-
     def core(self, h: torch.Tensor, c0: int, rope, mask: torch.Tensor, ctx: AttnContext,
-             valid: torch.Tensor, n_keys: torch.Tensor, flops: torch.Tensor, *,
-             first: int, last: int, rule: Optional[ExitRule] = None, fill: str = "propagate",
-             position: Optional[torch.Tensor] = None, coda: str = "coda"
-             ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+             valid: torch.Tensor, *, first: int, last: int, rule: Optional[ExitRule] = None,
+             fill: str = "propagate", position: Optional[torch.Tensor] = None, coda: str = "coda"
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Core steps ``first .. last`` of the chunk: h [B, T, D] → (state after the last
-        step [B, T, D], steps run [B, T], exit states [B, T, D] under ``fill="recompute"``
-        (None otherwise)). ``flops`` [B, T] is added to in place."""
+        step [B, T, D], steps each token ran as a query [B, T], steps it computed in full
+        [B, T] (= the former, or every step under the oracle), exit states [B, T, D] under
+        ``fill="recompute"`` (None otherwise))."""
         model = self.model
         active = valid.clone()
         steps = torch.zeros_like(valid, dtype=torch.long)
+        computed = torch.zeros_like(steps)
         exit_h = None
+        everyone = True  # no row frozen yet: the blocks need no row masks
         for n in range(first, last + 1):
             prev = h
             running = active if fill == "propagate" else valid  # the oracle runs every token
             e = model.step_vector(n)
-            x = h if e is None else torch.where(running[..., None], h + e, h)
+            if e is not None:
+                x = h + e if everyone else torch.where(running[..., None], h + e, h)
+            else:
+                x = h
+            run = None if everyone else running  # (nobody running: keys/values only)
             for g, block in enumerate(model.core_group(n).blocks):
-                x = self.block(block, ("core", n, g), x, c0, rope, mask, ctx, run=running)
-                flops += torch.where(running, self._core_flops(block, n_keys),
-                                     torch.full_like(flops, self.kv_flops)) * valid
+                x = self.block(block, ("core", n, g), x, c0, rope, mask, ctx, run=run)
             h = x
             steps = steps + active.long()
+            computed = computed + running.long()
             if rule is None or n == last or not bool(active.any()):
                 continue
 
@@ -224,10 +226,26 @@ class Decoder:
             if fill == "recompute":
                 exit_h = h.clone() if exit_h is None else exit_h
                 exit_h = torch.where(halt[..., None], h, exit_h)
+            elif bool(halt.any()):
+                everyone = False
             active = active & ~halt
         if exit_h is not None:  # tokens that never exited read out their last state
             exit_h = torch.where(active[..., None], h, exit_h)
-        return h, steps, exit_h
+        return h, steps, computed, exit_h
+
+    def count_flops(self, valid: torch.Tensor, n_keys: torch.Tensor, computed: torch.Tensor,
+                    n_steps: int, prelude: bool) -> torch.Tensor:
+        """Forward FLOPs per token [B, T] of one call: the prelude (when run), the core steps
+        computed in full, key/value projections only at the others, the coda and the head
+        (every block of a decodable model has the same spec: no routers)."""
+        blocks = _block_list(self.model)
+        per_block = torch.as_tensor(blocks[0].flops_per_token(n_keys), dtype=torch.float64)
+        G = self.cfg.core
+        full = computed.double() * G + len(self.model.readout.coda.blocks)
+        if prelude:
+            full = full + len(self.model.prelude.blocks)
+        kv_only = (n_steps - computed).double() * G
+        return (full * per_block + kv_only * self.kv_flops + self.head_flops) * valid
 
     # -- the calls -----------------------------------------------------------------------
     @torch.no_grad()
@@ -250,15 +268,15 @@ class Decoder:
         c0, pos = self.cache.open(valid)
         rope, mask = self.rope(pos), self.mask(c0, T)
         ctx = AttnContext(attn_mask=None, key_mask=valid, causal=True)
-        n_keys = self.cache.valid[:, :c0 + T].long().cumsum(1)[:, c0:].double().clamp(min=1)
-        flops = torch.zeros(B, T, dtype=torch.float64, device=self.device)
         h = self.embed(tokens, pos)
         for i, block in enumerate(self.model.prelude.blocks):
             h = self.block(block, ("prelude", i), h, c0, rope, mask, ctx)
-            flops += self._core_flops(block, n_keys) * valid
-        h, steps, exit_h = self.core(h, c0, rope, mask, ctx, valid, n_keys, flops, first=1,
-                                     last=last, rule=rule, fill=fill, position=pos, coda=coda)
-        logits = self._finish(h, exit_h, c0, rope, mask, ctx, valid, n_keys, flops, coda)
+        h, steps, computed, exit_h = self.core(h, c0, rope, mask, ctx, valid, first=1, last=last,
+                                               rule=rule, fill=fill, position=pos, coda=coda)
+        logits = self.readout(h, c0, rope, mask, ctx, coda=coda)
+        if exit_h is not None:  # the oracle: the cache holds full depth, the answer the exit's
+            logits = self.readout(exit_h, c0, rope, mask, ctx, coda=coda, write=False)
+        flops = self.count_flops(valid, self.n_keys(c0, T), computed, last, prelude=True)
         return Chunk(logits=logits, steps=steps * valid, flops=flops, h=h, c0=c0, valid=valid)
 
     @torch.no_grad()
@@ -270,18 +288,11 @@ class Decoder:
         pos = self.cache.position[:, c0:c0 + T]
         rope, mask = self.rope(pos), self.mask(c0, T)
         ctx = AttnContext(attn_mask=None, key_mask=valid, causal=True)
-        n_keys = self.cache.valid[:, :c0 + T].long().cumsum(1)[:, c0:].double().clamp(min=1)
-        flops = torch.zeros(B, T, dtype=torch.float64, device=self.device)
-        h, steps, _ = self.core(h, c0, rope, mask, ctx, valid, n_keys, flops, first=first,
-                                last=self.N)
-        logits = self._finish(h, None, c0, rope, mask, ctx, valid, n_keys, flops, "coda")
+        h, steps, computed, _ = self.core(h, c0, rope, mask, ctx, valid, first=first, last=self.N)
+        logits = self.readout(h, c0, rope, mask, ctx)
+        flops = self.count_flops(valid, self.n_keys(c0, T), computed, self.N - first + 1, prelude=False)
         return Chunk(logits=logits, steps=steps * valid, flops=flops, h=h, c0=c0, valid=valid)
 
-    def _finish(self, h, exit_h, c0, rope, mask, ctx, valid, n_keys, flops, coda) -> torch.Tensor:
-        for block in self.model.readout.coda.blocks:
-            flops += self._core_flops(block, n_keys) * valid
-        flops += self.head_flops * valid
-        logits = self.readout(h, c0, rope, mask, ctx, coda=coda)
-        if exit_h is not None:  # the oracle: the cache holds full depth, the answer the exit's
-            logits = self.readout(exit_h, c0, rope, mask, ctx, coda=coda, write=False)
-        return logits
+    def n_keys(self, c0: int, T: int) -> torch.Tensor:
+        """[B, T] float64: the real keys each of the chunk's queries sees (itself included)."""
+        return self.cache.valid[:, :c0 + T].long().cumsum(1)[:, c0:].double().clamp(min=1)
