@@ -197,3 +197,29 @@ def test_bad_input():
     with pytest.raises(ConfigError):
         rule_from_policy(model.policy)
     assert isinstance(parse_exit("saturation:0.99:decay"), ConfidenceExit)
+
+
+def test_learn_then_test_at_decode_time():
+    """The calibrated λ is what fixed-sequence testing gives on the per-sequence disagreements
+    counted by a direct loop (exit decoding vs full-depth greedy)."""
+    from ponder.generate.exits import calibrate_exit
+    from ponder.policies.calibration import fixed_sequence_test
+
+    vocab, prompts, eos = lm_prompts("copy", 12)
+    model = tiny_model(len(vocab), seed=6, max_steps=4)
+    cands = [0.02, 0.05, 0.1, 0.3]
+    full = [generate(model, [p], max_new=6, eos=eos).tokens[0] for p in prompts]
+    counts = []
+    for lam in cands:
+        rule = ConfidenceExit(threshold=lam, measure="softmax")
+        counts.append(sum(generate(model, [p], max_new=6, eos=eos, rule=rule).tokens[0] != f
+                          for p, f in zip(prompts, full)))
+    for delta, eps in ((0.3, 0.2), (0.6, 0.3), (0.05, 0.1)):
+        got = calibrate_exit(model, prompts, measure="softmax", candidates=cands, delta=delta,
+                             epsilon=eps, max_new=6, eos=eos, batch=5)
+        want = fixed_sequence_test(cands, counts, len(prompts), delta=delta, epsilon=eps)
+        assert got.threshold == want.threshold and got.tested == want.tested
+    assert min(counts) < max(counts), "the candidates must exercise disagreement"
+    with pytest.raises(ConfigError):
+        calibrate_exit(model, prompts, measure="softmax", candidates=[], delta=0.1, epsilon=0.1,
+                       max_new=3, eos=eos)

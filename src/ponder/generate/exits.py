@@ -107,3 +107,43 @@ def parse_exit(text: str, policy: Optional[nn.Module] = None) -> ConfidenceExit:
         raise ConfigError(f"exit {text!r}: threshold {parts[1]!r} is not a number") from None
     head = getattr(policy, "exit_head", None) if policy is not None else None
     return ConfidenceExit(threshold=lam, measure=parts[0], decay=len(parts) == 3, head=head)
+
+
+def calibrate_exit(model: nn.Module, prompts: list[list[int]], *, measure: str,
+                   candidates: list[float], delta: float, epsilon: float, max_new: int,
+                   eos: Optional[int], decay: bool = False, decay_length: int = 64,
+                   batch: int = 16, pad: int = 0):
+    """Learn-then-Test at decode time: the smallest λ of the ``measure`` exit whose greedy
+    generations differ from the full-depth greedy ones on at most a fraction δ of sequences,
+    with probability ≥ 1 − ε over the calibration prompts (``ponder.policies.calibration``:
+    binomial tail, fixed-sequence testing from the largest λ down; sequences are independent,
+    so the unit is the sequence). → :class:`~ponder.policies.calibration.Calibration`
+    (``threshold`` None: no candidate certified, decode at full depth)."""
+    from ponder.generate.loop import generate
+    from ponder.policies.calibration import binomial_p_value, check_levels, Calibration
+
+    check_levels(delta, epsilon)
+    if not candidates or not prompts:
+        raise ConfigError("calibration needs at least one candidate threshold and one prompt")
+    head = getattr(model.policy, "exit_head", None)
+
+    def outputs(rule: Optional[ConfidenceExit]) -> list[list[int]]:
+        toks: list[list[int]] = []
+        for s in range(0, len(prompts), batch):
+            toks += generate(model, prompts[s:s + batch], max_new=max_new, eos=eos, rule=rule,
+                             pad=pad).tokens
+        return toks
+
+    full = outputs(None)
+    result = Calibration(threshold=None, n=len(prompts))
+    for lam in sorted(candidates, reverse=True):  # fixed-sequence: most conservative first
+        rule = ConfidenceExit(threshold=lam, measure=measure, decay=decay,
+                              decay_length=decay_length, head=head)
+        k = sum(a != b for a, b in zip(outputs(rule), full))
+        p = binomial_p_value(k, len(prompts), delta)
+        rejected = p <= epsilon
+        result.tested.append((float(lam), k / len(prompts), p, rejected))
+        if not rejected:
+            break
+        result.threshold = float(lam)
+    return result
