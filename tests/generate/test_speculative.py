@@ -201,3 +201,19 @@ def test_bad_input():
         speculative_generate(model, tiny_model(len(vocab) + 1), prompts, k=2, max_new=4, eos=eos)
     with pytest.raises(ConfigError):
         speculative_generate(model, model, [[]], k=2, max_new=4, eos=eos)
+
+
+def test_greedy_fast_path_is_the_rule_on_one_hots():
+    from ponder.generate.speculative import accept_greedy
+
+    g = torch.Generator().manual_seed(3)
+    greedy = Sampling()
+    for _ in range(200):
+        k = int(torch.randint(0, 4, (1,), generator=g))
+        logits = torch.randn(k + 1, V, generator=g, dtype=torch.float64)
+        best = logits.argmax(-1)
+        # drafts that follow the arg-max for a random while, then deviate
+        ds = [int(best[i]) if torch.rand(1, generator=g) < 0.7 else int((best[i] + 1) % V) for i in range(k)]
+        q = torch.nn.functional.one_hot(torch.tensor(ds, dtype=torch.long), V).double().view(1, k, V)
+        n, y = accept(greedy.probs(logits)[None], q, torch.tensor([ds], dtype=torch.long).view(1, k), g)
+        assert accept_greedy(logits, ds) == (int(n[0]), int(y[0]))

@@ -4,7 +4,7 @@ A *slot* is one place a block runs in the computation of a token: a prelude bloc
 of core step n (a recurrent model's shared core has one slot per step: its keys differ from
 step to step), a coda block, or a coda block of the self-speculative draft's own readout.
 Column c of every slot belongs to the same token. Columns are shared by the batch: sample b's
-pads (a shorter prompt) and rejected speculative drafts are *holes* — columns whose
+pads (a shorter prompt) and finished samples' columns are *holes* — columns whose
 ``valid[b, c]`` is False, never attended to — so samples may advance by different numbers of
 tokens per call while every slot stays one rectangular buffer.
 
@@ -34,6 +34,7 @@ class KVCache:
         self.v: dict[Hashable, torch.Tensor] = {}
         self.length: dict[Hashable, int] = {}
         self.columns = 0  # columns opened (the longest slot can hold at most this many)
+        self.holes = False  # some opened column is not a real token (then queries need masks)
         self.valid = torch.zeros(batch, self.capacity, dtype=torch.bool, device=device)
         self.position = torch.zeros(batch, self.capacity, dtype=torch.long, device=device)
         self.next_position = torch.zeros(batch, dtype=torch.long, device=device)
@@ -64,19 +65,11 @@ class KVCache:
         pos = self.next_position[:, None] + valid.long().cumsum(1) - 1
         pos = torch.where(valid, pos, torch.zeros_like(pos))
         self.valid[:, c0:c0 + T] = valid
+        self.holes = self.holes or not bool(valid.all())
         self.position[:, c0:c0 + T] = pos
         self.next_position = self.next_position + valid.long().sum(1)
         self.columns = c0 + T
         return c0, pos
-
-    def reject(self, keep: torch.Tensor, c0: int) -> None:
-        """Turn columns ``c0 ..`` into holes where ``keep [B, T]`` is False (rejected drafts);
-        the samples' next positions step back by the number of real tokens rejected."""
-        T = keep.shape[1]
-        window = self.valid[:, c0:c0 + T]
-        dropped = (window & ~keep).long().sum(1)
-        self.valid[:, c0:c0 + T] = window & keep
-        self.next_position = self.next_position - dropped
 
     def truncate(self, columns: int) -> None:
         """Forget every column from ``columns`` on (in every slot)."""

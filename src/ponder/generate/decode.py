@@ -67,8 +67,9 @@ class Chunk:
 
     logits  [B, T, V]    next-token logits of the chunk's tokens
     steps   [B, T] long  core steps each token ran (0 at holes)
-    flops   [B, T]       forward FLOPs each token used (blocks entered, key/value projections
-                         of skipped slots, head); float64
+    flops   [B, T] | None  forward FLOPs each token used (blocks entered, key/value
+                         projections of skipped slots, head); float64; None when the decoder
+                         does not count
     h       [B, T, D]    the core's output states (the exit states; after step ``depth`` for
                          a draft chunk: what :meth:`Decoder.deepen` continues from)
     c0      int          the chunk's first column
@@ -77,7 +78,7 @@ class Chunk:
 
     logits: torch.Tensor
     steps: torch.Tensor
-    flops: torch.Tensor
+    flops: Optional[torch.Tensor]
     h: torch.Tensor
     c0: int
     valid: torch.Tensor
@@ -105,12 +106,14 @@ class Decoder:
     extend(tokens [B, T], valid [B, T]) → :class:`Chunk`: append T columns and compute them.
     """
 
-    def __init__(self, model: nn.Module, *, batch: int, capacity: int = 64) -> None:
+    def __init__(self, model: nn.Module, *, batch: int, capacity: int = 64,
+                 count_flops: bool = True) -> None:
         check_decodable(model)
         self.model = model
         self.cfg = model.cfg
         self.N = model.cfg.max_steps
-        first = _block_list(model)[0]
+        self.blocks = _block_list(model)
+        first = self.blocks[0]
         self.H, self.hd = first.attn.n_heads, first.attn.head_dim
         head = model.readout.head
         self.dtype, self.device = head.weight.dtype, head.weight.device
@@ -118,6 +121,7 @@ class Decoder:
         self.cache = KVCache(batch=batch, n_heads=self.H, head_dim=self.hd, dtype=self.dtype,
                              device=self.device, capacity=capacity)
         self.B = batch
+        self.counting = count_flops  # False: Chunk.flops is None (the speculative loops)
         D = self.cfg.d_model
         self.kv_flops = 4.0 * D * D  # the key/value projection of one row (2·D·2D)
         self.head_flops = 2.0 * D * self.V
@@ -143,9 +147,12 @@ class Decoder:
         angles = pos.reshape(-1).float()[:, None] * rot.inv_freq.to(pos.device)[None, :]
         return angles.cos(), angles.sin()
 
-    def mask(self, c0: int, T: int) -> torch.Tensor:
+    def mask(self, c0: int, T: int) -> Optional[torch.Tensor]:
         """[B, 1, T, c0+T] bool: query t of the chunk (column c0+t) sees the real columns up
-        to its own, and always itself (as the uncached forward's context)."""
+        to its own, and always itself (as the uncached forward's context); None when one
+        query per sample sees every column (no holes): nothing to mask."""
+        if T == 1 and not self.cache.holes:
+            return None
         C = c0 + T
         cols = torch.arange(C, device=self.device)
         qcol = c0 + torch.arange(T, device=self.device)
@@ -153,7 +160,7 @@ class Decoder:
         allowed = allowed | (cols[None, :] == qcol[:, None])[None]
         return allowed[:, None]
 
-    def block(self, block: Block, slot, x: torch.Tensor, c0: int, rope, mask: torch.Tensor,
+    def block(self, block: Block, slot, x: torch.Tensor, c0: int, rope, mask: Optional[torch.Tensor],
               ctx: AttnContext, run: Optional[torch.Tensor] = None, write: bool = True) -> torch.Tensor:
         """One block at one slot: x [B, T, D] → [B, T, D]. Every row's keys/values go to the
         cache (``write``; else they are only attended to); the rows ``run [B, T]`` (None:
@@ -238,8 +245,7 @@ class Decoder:
         """Forward FLOPs per token [B, T] of one call: the prelude (when run), the core steps
         computed in full, key/value projections only at the others, the coda and the head
         (every block of a decodable model has the same spec: no routers)."""
-        blocks = _block_list(self.model)
-        per_block = torch.as_tensor(blocks[0].flops_per_token(n_keys), dtype=torch.float64)
+        per_block = torch.as_tensor(self.blocks[0].flops_per_token(n_keys), dtype=torch.float64)
         G = self.cfg.core
         full = computed.double() * G + len(self.model.readout.coda.blocks)
         if prelude:
@@ -276,7 +282,8 @@ class Decoder:
         logits = self.readout(h, c0, rope, mask, ctx, coda=coda)
         if exit_h is not None:  # the oracle: the cache holds full depth, the answer the exit's
             logits = self.readout(exit_h, c0, rope, mask, ctx, coda=coda, write=False)
-        flops = self.count_flops(valid, self.n_keys(c0, T), computed, last, prelude=True)
+        flops = (self.count_flops(valid, self.n_keys(c0, T), computed, last, prelude=True)
+                 if self.counting else None)
         return Chunk(logits=logits, steps=steps * valid, flops=flops, h=h, c0=c0, valid=valid)
 
     @torch.no_grad()
@@ -290,7 +297,8 @@ class Decoder:
         ctx = AttnContext(attn_mask=None, key_mask=valid, causal=True)
         h, steps, computed, _ = self.core(h, c0, rope, mask, ctx, valid, first=first, last=self.N)
         logits = self.readout(h, c0, rope, mask, ctx)
-        flops = self.count_flops(valid, self.n_keys(c0, T), computed, self.N - first + 1, prelude=False)
+        flops = (self.count_flops(valid, self.n_keys(c0, T), computed, self.N - first + 1,
+                                  prelude=False) if self.counting else None)
         return Chunk(logits=logits, steps=steps * valid, flops=flops, h=h, c0=c0, valid=valid)
 
     def n_keys(self, c0: int, T: int) -> torch.Tensor:

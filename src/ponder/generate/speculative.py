@@ -64,6 +64,17 @@ def accept(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
     return n, draw(residual, generator)
 
 
+def accept_greedy(target_logits: torch.Tensor, drafts: list[int]) -> tuple[int, int]:
+    """:func:`accept` for greedy one-hot distributions, without building them: target_logits
+    [k+1, V], drafts (k ids) → (accepted count, next token) — accept while the draft is the
+    target's arg-max, then emit the arg-max (same result as the general rule; test)."""
+    best = target_logits.argmax(-1).tolist()
+    n = 0
+    while n < len(drafts) and drafts[n] == best[n]:
+        n += 1
+    return n, best[n]
+
+
 @dataclass
 class SpecResult:
     """Per sequence: the emitted ids (EOS included when written); the run's acceptance stats."""
@@ -79,8 +90,8 @@ class _TwoModels:
         if draft.vocab_size != target.vocab_size:
             raise ConfigError(f"the draft's vocabulary ({draft.vocab_size}) differs from the "
                               f"target's ({target.vocab_size})")
-        self.T = Decoder(target, batch=1, capacity=capacity)
-        self.D = Decoder(draft, batch=1, capacity=capacity)
+        self.T = Decoder(target, batch=1, capacity=capacity, count_flops=False)
+        self.D = Decoder(draft, batch=1, capacity=capacity, count_flops=False)
         self.t_pending: int = -1
         self.d_pending: list[int] = []
 
@@ -102,8 +113,7 @@ class _TwoModels:
         logits = self.D.extend(torch.tensor([self.d_pending], device=self.D.device)).logits[0, -1]
         stats.draft_forwards += 1
         for i in range(kk):
-            qs.append(sampling.probs(logits))
-            ds.append(int(sampling.pick(logits, gen)) if sampling.greedy else int(draw(qs[-1], gen)))
+            ds.append(_propose(logits, sampling, gen, qs))
             if i < kk - 1:
                 logits = self.D.extend(torch.tensor([[ds[-1]]], device=self.D.device)).logits[0, -1]
                 stats.draft_forwards += 1
@@ -134,7 +144,7 @@ class _SelfDraft:
         if not 1 <= exit_step <= N:
             raise ConfigError(f"exit_step={exit_step} must lie in 1..{N}")
         self.E = exit_step
-        self.dec = Decoder(model, batch=1, capacity=capacity)
+        self.dec = Decoder(model, batch=1, capacity=capacity, count_flops=False)
         self.pending: list[int] = []
         self.deep: list[tuple[int, torch.Tensor]] = []   # (first column, step-E states [1, T, D])
 
@@ -164,8 +174,7 @@ class _SelfDraft:
         self.pending = []
         ds, qs = [], []
         for i in range(kk):
-            qs.append(sampling.probs(logits))
-            ds.append(int(sampling.pick(logits, gen)) if sampling.greedy else int(draw(qs[-1], gen)))
+            ds.append(_propose(logits, sampling, gen, qs))
             logits = self._open([ds[-1]])  # the last draft is opened too: p_{k+1} follows it
             stats.draft_forwards += 1
         return ds, qs
@@ -177,6 +186,15 @@ class _SelfDraft:
     def settle(self, ds: list[int], n: int, y: int) -> None:
         self.dec.cache.truncate(self.dec.cache.columns - len(ds) + n)
         self.pending = [y]
+
+
+def _propose(logits: torch.Tensor, sampling: Sampling, gen, qs: list) -> int:
+    """One draft token from the draft's logits [V]; its distribution goes to ``qs`` (not
+    needed, and not built, when greedy)."""
+    if sampling.greedy:
+        return int(logits.argmax())
+    qs.append(sampling.probs(logits))
+    return int(draw(qs[-1], gen))
 
 
 def _run(prompts: list[list[int]], *, k: int, max_new: int, eos: Optional[int],
@@ -201,11 +219,14 @@ def _run(prompts: list[list[int]], *, k: int, max_new: int, eos: Optional[int],
             kk = min(k, max_new - len(emitted) - 1)
             ds, qs = p.draft(kk, sampling, generator, stats)
             target = p.verify(ds, stats)                       # [kk+1, V]
-            pdist = sampling.probs(target)[None]
-            qdist = torch.stack(qs)[None] if qs else pdist.new_zeros(1, 0, pdist.shape[-1])
-            n, nxt = accept(pdist, qdist, torch.tensor([ds], dtype=torch.long, device=pdist.device)
-                            if ds else torch.zeros(1, 0, dtype=torch.long, device=pdist.device), generator)
-            n, y = int(n[0]), int(nxt[0])
+            if sampling.greedy:
+                n, y = accept_greedy(target, ds)
+            else:
+                pdist = sampling.probs(target)[None]
+                qdist = torch.stack(qs)[None] if qs else pdist.new_zeros(1, 0, pdist.shape[-1])
+                drafted = torch.tensor([ds], dtype=torch.long, device=pdist.device).view(1, len(ds))
+                n_t, y_t = accept(pdist, qdist, drafted, generator)
+                n, y = int(n_t[0]), int(y_t[0])
             if kk:
                 stats.record(kk, n)
             p.settle(ds, n, y)
