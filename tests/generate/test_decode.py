@@ -24,14 +24,18 @@ def reference_logits(model, prompt: list[int], generated: list[int]) -> torch.Te
     return model(seq).logits[0, len(prompt) - 1:]
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary", "none"])
-@pytest.mark.parametrize("kind", ["recurrent", "stacked"])
-@pytest.mark.parametrize("task", TASKS)
+CASES = [(task, kind, positions) for task in TASKS for kind in ("recurrent", "stacked")
+         for positions in ("learned", "rotary", "none")
+         if positions == "learned" or task in ("addition", "dyck")]
+
+
+@pytest.mark.parametrize("task,kind,positions", CASES)
 def test_cached_decoding_equals_the_uncached_forward(task, kind, positions):
     vocab, prompts, eos = lm_prompts(task, 3)
     for seed in (0, 1):
         model = tiny_model(len(vocab), kind=kind, seed=seed, positions=positions)
-        for sampling in (Sampling(), Sampling(temperature=1.3, top_p=0.9), Sampling(temperature=0.7, top_k=3)):
+        samplings = (Sampling(), Sampling(temperature=1.3, top_p=0.9), Sampling(temperature=0.7, top_k=3))
+        for sampling in samplings[seed:seed + 2]:
             gen = torch.Generator().manual_seed(seed)
             out = generate(model, prompts, max_new=6, eos=eos, sampling=sampling, generator=gen,
                            keep_logits=True)
