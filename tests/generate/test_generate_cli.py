@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from ponder.cli import main
 from ponder.eval.evaluate import load_run

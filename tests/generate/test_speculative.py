@@ -24,18 +24,22 @@ TASKS = ("addition", "dyck", "copy", "flipflop")
 def test_greedy_speculative_equals_plain_greedy(task, kind):
     vocab, prompts, eos = lm_prompts(task, 3)
     stop = None  # (random models often write EOS first: no rounds to check)
+    shorter = 0
     accepted = rejected = 0
     for seed in (0, 1):
         target = tiny_model(len(vocab), kind=kind, seed=seed, max_steps=4)
         draft = tiny_model(len(vocab), kind=kind, seed=seed + 10, max_steps=1, d_model=8, d_ff=16)
         plain = generate(target, prompts, max_new=10, eos=stop)
-        for k in (1, 3):
-            spec = speculative_generate(target, draft, prompts, k=k, max_new=10, eos=stop)
+        for k, draft_stop in ((1, 0.0), (3, 0.0), (3, 0.5)):
+            spec = speculative_generate(target, draft, prompts, k=k, max_new=10, eos=stop,
+                                        draft_stop=draft_stop)
             assert spec.tokens == plain.tokens
             s = spec.stats
             per_pos = s.num_accepted_tokens_per_pos
             assert all(a >= b for a, b in zip(per_pos, per_pos[1:]))  # i-th only after (i-1)-th
             assert sum(per_pos) == s.num_accepted_tokens <= s.num_draft_tokens <= k * s.num_drafts
+            if draft_stop:
+                shorter += s.num_draft_tokens < k * s.num_drafts
             assert sum(s.histogram) == s.num_drafts
             assert s.emitted_tokens == sum(len(t) for t in plain.tokens)
             accepted += s.num_accepted_tokens
@@ -51,9 +55,13 @@ def test_greedy_speculative_equals_plain_greedy(task, kind):
         noisy.readout.head.weight.data += 0.1 * noise
         spec = speculative_generate(target, noisy, prompts, k=3, max_new=10, eos=stop)
         assert spec.tokens == plain.tokens
+        spec = speculative_generate(target, noisy, prompts, k=3, max_new=10, eos=stop, draft_stop=0.6)
+        assert spec.tokens == plain.tokens
+        shorter += spec.stats.num_draft_tokens < 3 * spec.stats.num_drafts
         accepted += spec.stats.num_accepted_tokens
         rejected += spec.stats.num_draft_tokens - spec.stats.num_accepted_tokens
     assert accepted > 0 and rejected > 0, "the test must exercise acceptance and rollback"
+    assert shorter, "draft_stop must shorten some rounds"
 
 
 @pytest.mark.parametrize("kind", ["recurrent", "stacked"])
@@ -64,9 +72,9 @@ def test_greedy_self_speculative_equals_plain_greedy(task, kind):
     for seed in (0, 1):
         model = tiny_model(len(vocab), kind=kind, seed=seed, max_steps=4)
         plain = generate(model, prompts, max_new=10, eos=eos)
-        for exit_step, k in ((1, 1), (1, 3), (2, 2), (3, 1), (3, 4), (4, 2)):
+        for exit_step, k, stop in ((1, 1, 0), (1, 3, 0.5), (2, 2, 0), (3, 1, 0), (3, 4, 0.4), (4, 2, 0)):
             spec = self_speculative_generate(model, prompts, exit_step=exit_step, k=k,
-                                             max_new=10, eos=eos)
+                                             max_new=10, eos=eos, draft_stop=stop)
             assert spec.tokens == plain.tokens, (exit_step, k)
             if exit_step == 4:  # the draft is the whole model
                 assert spec.stats.draft_acceptance_rate == 1.0
@@ -201,6 +209,8 @@ def test_bad_input():
         speculative_generate(model, tiny_model(len(vocab) + 1), prompts, k=2, max_new=4, eos=eos)
     with pytest.raises(ConfigError):
         speculative_generate(model, model, [[]], k=2, max_new=4, eos=eos)
+    with pytest.raises(ConfigError):
+        speculative_generate(model, model, prompts, k=2, max_new=4, eos=eos, draft_stop=1.5)
 
 
 def test_greedy_fast_path_is_the_rule_on_one_hots():

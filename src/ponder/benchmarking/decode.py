@@ -7,7 +7,8 @@ Methods (greedy; every one is run on the same prompts of the run's valid split):
 - ``calm``             per-token exits at decode time (``--exit``; default the run's
                        confidence policy, else ``softmax:0.9``), propagated keys/values;
 - ``self_spec``        self-speculation: draft with core steps 1..E (``--exit-step``),
-                       ``--k`` drafts per round, verify with the rest;
+                       up to ``--k`` drafts per round (fewer below ``--draft-stop``),
+                       verify with the rest;
 - ``spec``             speculative decoding with a separate draft model (``--draft RUN_DIR``).
 
 Each at batch 1 (one sequence at a time: the latency regime speculation targets) and, for
@@ -40,6 +41,7 @@ class DecodeBench:
     k: int = 4
     exit_step: int = 1
     exit: Optional[str] = None
+    draft_stop: float = 0.0
     batch: int = 16
     repeats: int = 3
 
@@ -120,11 +122,12 @@ def bench_decode(cfg: DecodeBench, *, log: Callable[[str], None] = lambda s: Non
         "calm": (1, one_by_one(lambda p: generate(model, p, sampling=greedy, rule=rule,
                                                   pad=vocab.pad_id, **kw))),
         "self_spec": (1, one_by_one(lambda p: self_speculative_generate(
-            model, p, exit_step=cfg.exit_step, k=cfg.k, sampling=greedy, **kw))),
+            model, p, exit_step=cfg.exit_step, k=cfg.k, sampling=greedy, draft_stop=cfg.draft_stop,
+            **kw))),
     }
     if draft is not None:
         methods["spec"] = (1, one_by_one(lambda p: speculative_generate(
-            model, draft.model, p, k=cfg.k, sampling=greedy, **kw)))
+            model, draft.model, p, k=cfg.k, sampling=greedy, draft_stop=cfg.draft_stop, **kw)))
     if cfg.batch > 1:
         methods["plain_batched"] = (cfg.batch, batched(
             lambda p: generate(model, p, sampling=greedy, pad=vocab.pad_id, **kw)))
@@ -175,6 +178,7 @@ def bench_decode(cfg: DecodeBench, *, log: Callable[[str], None] = lambda s: Non
                       "prelude": c.prelude, "coda": c.coda, "policy": model.policy.name,
                       "layer_dropout": c.layer_dropout},
             "settings": {"n": cfg.n, "max_new": cfg.max_new, "k": cfg.k, "exit_step": cfg.exit_step,
+                         "draft_stop": cfg.draft_stop,
                          "exit": cfg.exit or (f"policy:{rule.measure}:{rule.threshold}"
                                               if getattr(model.policy, "name", None) == "confidence"
                                               else "softmax:0.9"),
@@ -203,6 +207,8 @@ def add_arguments(p) -> None:
     p.add_argument("--exit-step", type=int, default=1, help="decode: the self-speculative draft's depth")
     p.add_argument("--exit", default=None,
                    help="decode: CALM rule MEASURE:THRESHOLD[:decay] or policy (default: the run's)")
+    p.add_argument("--draft-stop", type=float, default=0.0,
+                   help="decode: stop drafting when the draft's top-1 probability is below this")
     p.add_argument("--n", type=int, default=None, help="decode: valid prompts (default 32; --quick 16)")
     p.add_argument("--max-new", type=int, default=64, help="decode: most tokens generated per prompt")
     p.add_argument("--decode-batch", type=int, default=16, help="decode: batch of the batched methods")
@@ -226,7 +232,7 @@ def run_from_args(args) -> int:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     cfg = DecodeBench(run=args.run, draft=args.draft, k=args.k, exit_step=args.exit_step,
-                      exit=args.exit, repeats=args.repeats or (2 if args.quick else 3),
+                      exit=args.exit, draft_stop=args.draft_stop, repeats=args.repeats or (2 if args.quick else 3),
                       n=args.n or (16 if args.quick else 32), max_new=args.max_new,
                       batch=args.decode_batch)
     out = sys.stderr if args.json else sys.stdout

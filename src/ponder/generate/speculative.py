@@ -105,18 +105,22 @@ class _TwoModels:
     def first(self, y: int) -> None:
         self.t_pending, self.d_pending = y, [y]
 
-    def draft(self, kk: int, sampling: Sampling, gen, stats: SpecStats):
+    def draft(self, kk: int, sampling: Sampling, gen, stats: SpecStats, stop: float = 0.0):
         ds, qs = [], []
+        self.d_cached = 0  # draft tokens in the draft's cache
         if kk == 0:
             return ds, qs
         self.d_c0 = self.D.cache.columns
         logits = self.D.extend(torch.tensor([self.d_pending], device=self.D.device)).logits[0, -1]
         stats.draft_forwards += 1
         for i in range(kk):
+            if i and _unsure(logits, stop):
+                break
             ds.append(_propose(logits, sampling, gen, qs))
             if i < kk - 1:
                 logits = self.D.extend(torch.tensor([[ds[-1]]], device=self.D.device)).logits[0, -1]
                 stats.draft_forwards += 1
+                self.d_cached += 1
         return ds, qs
 
     def verify(self, ds: list[int], stats: SpecStats) -> torch.Tensor:
@@ -126,14 +130,14 @@ class _TwoModels:
         return self.T.extend(ids).logits[0]
 
     def settle(self, ds: list[int], n: int, y: int) -> None:
-        kk = len(ds)
         self.T.cache.truncate(self.t_c0 + 1 + n)
         self.t_pending = y
-        if kk == 0:
+        if not ds:  # the draft consumed nothing this round
             self.d_pending = self.d_pending + [y]
             return
-        self.D.cache.truncate(self.d_c0 + len(self.d_pending) + min(n, kk - 1))
-        self.d_pending = [ds[-1], y] if n == kk else [y]
+        keep = min(n, self.d_cached)  # accepted drafts already in the draft's cache
+        self.D.cache.truncate(self.d_c0 + len(self.d_pending) + keep)
+        self.d_pending = ds[keep:n] + [y]
 
 
 class _SelfDraft:
@@ -168,12 +172,14 @@ class _SelfDraft:
     def first(self, y: int) -> None:
         self.pending = [y]
 
-    def draft(self, kk: int, sampling: Sampling, gen, stats: SpecStats):
+    def draft(self, kk: int, sampling: Sampling, gen, stats: SpecStats, stop: float = 0.0):
         logits = self._open(self.pending)  # the verifier needs these columns' step-E states too
         stats.draft_forwards += 1
         self.pending = []
         ds, qs = [], []
         for i in range(kk):
+            if i and _unsure(logits, stop):
+                break
             ds.append(_propose(logits, sampling, gen, qs))
             logits = self._open([ds[-1]])  # the last draft is opened too: p_{k+1} follows it
             stats.draft_forwards += 1
@@ -197,12 +203,21 @@ def _propose(logits: torch.Tensor, sampling: Sampling, gen, qs: list) -> int:
     return int(draw(qs[-1], gen))
 
 
+def _unsure(logits: torch.Tensor, stop: float) -> bool:
+    """Stop drafting: the draft's top-1 probability (softmax of its raw logits [V]) is below
+    ``stop`` (0: never). Only the number of drafts changes; the output law does not."""
+    return stop > 0 and float(torch.softmax(logits.double(), -1).max()) < stop
+
+
 def _run(prompts: list[list[int]], *, k: int, max_new: int, eos: Optional[int],
-         sampling: Sampling, generator: Optional[torch.Generator], make) -> SpecResult:
+         sampling: Sampling, generator: Optional[torch.Generator], make,
+         draft_stop: float = 0.0) -> SpecResult:
     if k < 0:
         raise ConfigError(f"k={k} draft tokens must be >= 0")
     if max_new < 1:
         raise ConfigError(f"max_new={max_new} must be at least 1")
+    if not 0.0 <= draft_stop <= 1.0:
+        raise ConfigError(f"draft_stop={draft_stop} must lie in [0, 1]")
     total = SpecStats(k=k)
     out: list[list[int]] = []
     for prompt in prompts:
@@ -217,7 +232,7 @@ def _run(prompts: list[list[int]], *, k: int, max_new: int, eos: Optional[int],
         p.first(y)
         while len(emitted) < max_new and not (eos is not None and emitted[-1] == eos):
             kk = min(k, max_new - len(emitted) - 1)
-            ds, qs = p.draft(kk, sampling, generator, stats)
+            ds, qs = p.draft(kk, sampling, generator, stats, draft_stop)
             target = p.verify(ds, stats)                       # [kk+1, V]
             if sampling.greedy:
                 n, y = accept_greedy(target, ds)
@@ -227,8 +242,8 @@ def _run(prompts: list[list[int]], *, k: int, max_new: int, eos: Optional[int],
                 drafted = torch.tensor([ds], dtype=torch.long, device=pdist.device).view(1, len(ds))
                 n_t, y_t = accept(pdist, qdist, drafted, generator)
                 n, y = int(n_t[0]), int(y_t[0])
-            if kk:
-                stats.record(kk, n)
+            if ds:
+                stats.record(len(ds), n)
             p.settle(ds, n, y)
             emitted.extend(ds[:n] + [y])
         if eos is not None and eos in emitted:
@@ -244,9 +259,11 @@ def _run(prompts: list[list[int]], *, k: int, max_new: int, eos: Optional[int],
 @torch.no_grad()
 def speculative_generate(target: nn.Module, draft: nn.Module, prompts: list[list[int]], *,
                          k: int, max_new: int, eos: Optional[int], sampling: Sampling = Sampling(),
-                         generator: Optional[torch.Generator] = None) -> SpecResult:
-    """Speculative decoding of each prompt with ``draft`` proposing ``k`` tokens per round."""
-    return _run(prompts, k=k, max_new=max_new, eos=eos, sampling=sampling,
+                         generator: Optional[torch.Generator] = None,
+                         draft_stop: float = 0.0) -> SpecResult:
+    """Speculative decoding of each prompt with ``draft`` proposing up to ``k`` tokens per
+    round (fewer when its top-1 probability falls below ``draft_stop``)."""
+    return _run(prompts, k=k, max_new=max_new, eos=eos, sampling=sampling, draft_stop=draft_stop,
                 generator=generator, make=lambda cap: _TwoModels(target, draft, cap))
 
 
@@ -254,8 +271,9 @@ def speculative_generate(target: nn.Module, draft: nn.Module, prompts: list[list
 def self_speculative_generate(model: nn.Module, prompts: list[list[int]], *, exit_step: int,
                               k: int, max_new: int, eos: Optional[int],
                               sampling: Sampling = Sampling(),
-                              generator: Optional[torch.Generator] = None) -> SpecResult:
+                              generator: Optional[torch.Generator] = None,
+                              draft_stop: float = 0.0) -> SpecResult:
     """Self-speculative decoding: draft with core steps 1..``exit_step`` (layers of a stack,
     or loop steps of a recurrent core), verify with the rest, one shared cache."""
-    return _run(prompts, k=k, max_new=max_new, eos=eos, sampling=sampling,
+    return _run(prompts, k=k, max_new=max_new, eos=eos, sampling=sampling, draft_stop=draft_stop,
                 generator=generator, make=lambda cap: _SelfDraft(model, exit_step, cap))
