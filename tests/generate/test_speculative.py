@@ -78,6 +78,9 @@ def test_greedy_self_speculative_equals_plain_greedy(task, kind):
             assert spec.tokens == plain.tokens, (exit_step, k)
             if exit_step == 4:  # the draft is the whole model
                 assert spec.stats.draft_acceptance_rate == 1.0
+                # every round emits k + 1 tokens, and none is spent after EOS
+                rounds = sum(-(-(len(t) - 1) // (k + 1)) for t in plain.tokens)
+                assert spec.stats.num_drafts <= rounds
             else:
                 accepted += spec.stats.num_accepted_tokens
                 rejected += spec.stats.num_draft_tokens - spec.stats.num_accepted_tokens

@@ -230,7 +230,7 @@ def _run(prompts: list[list[int]], *, k: int, max_new: int, eos: Optional[int],
         y = int(sampling.pick(logits, generator))
         emitted = [y]
         p.first(y)
-        while len(emitted) < max_new and not (eos is not None and emitted[-1] == eos):
+        while len(emitted) < max_new and not (eos is not None and eos in emitted):
             kk = min(k, max_new - len(emitted) - 1)
             ds, qs = p.draft(kk, sampling, generator, stats, draft_stop)
             target = p.verify(ds, stats)                       # [kk+1, V]
