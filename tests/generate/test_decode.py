@@ -181,6 +181,8 @@ def test_bad_input():
     with pytest.raises(ConfigError, match="router"):
         Decoder(routed, batch=1)
     model = tiny_model(len(vocab))
+    with pytest.raises(ConfigError, match="eval"):
+        Decoder(tiny_model(len(vocab)).train(), batch=1)
     dec = Decoder(model, batch=1)
     with pytest.raises(ConfigError):
         dec.extend(torch.tensor([prompts[0]]), depth=9)

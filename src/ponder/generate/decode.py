@@ -91,6 +91,8 @@ def check_decodable(model: nn.Module) -> None:
         raise ConfigError(f"cached decoding runs recurrent and stacked models, not {kind!r}")
     if not model.cfg.causal:
         raise ConfigError("cached decoding needs a causal model (model.causal=true)")
+    if model.training:  # dropout would make the cached and the uncached passes differ
+        raise ConfigError("cached decoding runs a model in eval mode (call model.eval())")
     for block in model.modules():
         if isinstance(block, Block) and block.router is not None:
             raise ConfigError("cached decoding does not run block routers (model.router.kind=none)")
