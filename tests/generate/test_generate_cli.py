@@ -54,6 +54,21 @@ def test_generate_with_exits(run_dir):
     rows = [json.loads(line) for line in (run_dir / "generate" / "valid.jsonl").read_text().splitlines()]
     # margin >= 0 = λ: every generated token exits after step 1 (the first comes from the prompt)
     assert all(s == 1 for r in rows for s in r["steps"][1:])
+    def rows_of(*args):
+        assert main(["generate", str(run_dir), "--n", "2", *args]) == 0
+        text = (run_dir / "generate" / "valid.jsonl").read_text()
+        return [json.loads(line) for line in text.splitlines()]
+
+    full = rows_of()
+    oracle = rows_of("--exit", "softmax:0.0", "--fill", "recompute")
+    summary = json.loads((run_dir / "generate" / "valid.summary.json").read_text())
+    assert summary["fill"] == "recompute" and all(s == 1 for r in oracle for s in r["steps"][1:])
+    # the oracle computes every step for the cache: the full-depth FLOPs at every position
+    for a, b in zip(full, oracle):
+        n = min(len(a["flops"]), len(b["flops"]))
+        assert a["flops"][:n] == b["flops"][:n]
+    propagated = rows_of("--exit", "softmax:0.0")
+    assert all(f < g for a, b in zip(full, propagated) for f, g in zip(b["flops"][1:], a["flops"][1:]))
 
 
 @pytest.mark.parametrize("args", [
