@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "ponder.eval.cli",
     "ponder.analysis.cli",
     "ponder.cascade.cli",
+    "ponder.generate.cli",
     "ponder.apps.bench",
     "ponder.apps.demo",
     "ponder.apps.reproduce",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -48,21 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only-run", action="store_true", help="with --run: time only the run's depths")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; never more than cores)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per configuration")
-    p.add_argument("--part", choices=("inference", "training", "ffn", "routing", "all"), default="all")
+    p.add_argument("--part", choices=("inference", "training", "ffn", "routing", "decode", "all"),
+                   default="all",
+                   help="decode: cached generation of an LM-view --run (ponder.benchmarking.decode)")
+    from ponder.benchmarking import decode
+    decode.add_arguments(p)  # --draft, --k, --exit-step, --exit of the decode part
     p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                    help="tuned: glibc keeps freed memory (no page faults on every large tensor; "
                         "what jemalloc/tcmalloc give), applied to every implementation alike")
     p.set_defaults(func=run)
-
-
-def machine(threads: int) -> dict[str, Any]:
-    import torch
-
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"cpus": os.cpu_count(), "threads": threads, "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "load_avg": [round(x, 2) for x in load],
-            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def tune_malloc() -> str:
@@ -92,7 +85,7 @@ def progress(label: str):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ponder.benchmarking import inference, training
+    from ponder.benchmarking import inference, timing, training
 
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
@@ -106,13 +99,16 @@ def run(args: argparse.Namespace) -> int:
                               "or a directory)")
     run_depths = None
     run_steps = None
+    if args.part == "decode":  # its own module: the run is an LM-view run, not a depth profile
+        from ponder.benchmarking import decode
+        return decode.run_from_args(args)
     if args.run is not None:
         if not Path(args.run).is_dir():
             raise ConfigError(f"run directory {args.run!r} does not exist")
         sys.stderr.write(f"reading the depths of {args.run} ...\n")
         run_depths, run_steps = inference.run_depth_vectors(args.run)
     torch.set_num_threads(args.threads)
-    info = machine(args.threads)
+    info = timing.machine(args.threads)
     info["malloc"] = tune_malloc() if args.malloc == "tuned" else "default"
     out = sys.stderr if args.json else sys.stdout
     print(f"ponder bench: {info['cpus']} CPUs, torch {info['torch']}, {args.threads} threads, "
@@ -168,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         doc["routing"] = [r.to_json() for r in records]
         routing.print_routing(records, out)
     doc["machine"]["seconds"] = round(time.time() - t0, 1)
-    doc["machine"]["load_avg_end"] = machine(args.threads)["load_avg"]
+    doc["machine"]["load_avg_end"] = timing.machine(args.threads)["load_avg"]
     text = json.dumps(doc, indent=1)
     if args.out:
         atomic_write_text(Path(args.out), text + "\n")

@@ -9,7 +9,9 @@
   the fast feedforward tree at inference against a dense FFN of the same total width, the
   structured FFN kinds against the dense FFN of the same parameters;
 - :mod:`~ponder.benchmarking.routing`: the training step of Mixture-of-Depths against the
-  dense model, next to their FLOPs ratio.
+  dense model, next to their FLOPs ratio;
+- :mod:`~ponder.benchmarking.decode` (``--part decode``): tokens/s of CALM exits, speculative
+  and self-speculative decoding against plain cached decoding of an LM-view run.
 """
 
-__all__ = ["fff", "inference", "routing", "structured", "timing", "training"]
+__all__ = ["decode", "fff", "inference", "routing", "structured", "timing", "training"]

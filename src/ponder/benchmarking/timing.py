@@ -6,6 +6,8 @@ all candidates alike; medians of the rounds discard the outliers.
 
 from __future__ import annotations
 
+import os
+import platform
 import random
 import statistics
 import time
@@ -54,3 +56,14 @@ def spread(values: list[float]) -> float:
         return 0.0
     q = statistics.quantiles(values, n=4)
     return (q[2] - q[0]) / 2 / statistics.median(values)
+
+
+def machine(threads: int) -> dict:
+    """What a benchmark record says about where it ran: cores, threads, versions, load."""
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {"cpus": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "load_avg": [round(x, 2) for x in load],
+            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -86,6 +86,7 @@ class ModelConfig:
     step_embedding: bool = True    # add a learned embedding of the step index at each step
     token_parts: bool = False      # also embed compound tokens' parts ("8>13" → 0:8, 1:13)
     dropout: float = 0.0
+    layer_dropout: float = 0.0     # training: skip step n per sample, rate rising to this at step N (LayerSkip)
     execution: str = "auto"        # auto (compact in eval, dense in training unless routed) | dense (reference) | compact
     ffn: KindConfig = field(default_factory=lambda: KindConfig(kind="dense"))             # every block's FFN
     attention: KindConfig = field(default_factory=lambda: KindConfig(kind="standard"))    # every block's attention

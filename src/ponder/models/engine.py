@@ -70,12 +70,15 @@ class Engine:
     step_embedding(n) → [D] tensor added to active tokens' states before step n, or None
     no_grad_steps: steps 1..k run without autograd (truncated backprop through the last steps);
     the policy still sees every step
+    layer_dropout: in training, each sample skips step n (its state passes unchanged) with
+    probability ``layer_dropout · (2^((n−1)/(N−1)) − 1)``: 0 at step 1, the full rate at step N
+    (LayerSkip's rising schedule, which makes the early steps usable exits)
     """
 
     def __init__(self, *, policy: Policy, max_steps: int, execution: str = "dense",
                  core: Callable[[int], Group],
                  step_embedding: Optional[Callable[[int], Optional[torch.Tensor]]] = None,
-                 no_grad_steps: int = 0) -> None:
+                 no_grad_steps: int = 0, layer_dropout: float = 0.0) -> None:
         if execution not in EXECUTIONS:
             raise ConfigError(f"unknown execution {execution!r}; executions: {', '.join(EXECUTIONS)}")
         self.policy = policy
@@ -85,6 +88,7 @@ class Engine:
         self.step_embedding = step_embedding
         # truncated backprop through depth: steps 1..no_grad_steps run without autograd
         self.no_grad_steps = no_grad_steps
+        self.layer_dropout = layer_dropout
 
     # -- the one place a block runs ---------------------------------------------------------
     def apply_block(self, block: Block, x: torch.Tensor, active: torch.Tensor,
@@ -195,6 +199,10 @@ class Engine:
             view = None
             with torch.set_grad_enabled(grad and n > self.no_grad_steps):
                 new = step(n, h, active, memory) if memory is not None else step(n, h, active)
+            if training and self.layer_dropout > 0 and N > 1:
+                rate = self.layer_dropout * (2.0 ** ((n - 1) / (N - 1)) - 1.0)
+                skip = torch.rand(h.shape[0], device=h.device) < rate  # per sample
+                new = torch.where(skip[:, None, None], h, new)
             view = View(n=n, max_steps=N, h=new, prev=h, active=active, mask=mask,
                         training=training, readout=readout,
                         step_emb=self.step_embedding(n) if self.step_embedding is not None else None,

@@ -58,6 +58,10 @@ def validate_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"unknown execution {cfg.execution!r}; executions: {', '.join(EXECUTIONS)}")
     if cfg.positions == "rotary" and (cfg.d_model // cfg.n_heads) % 2:
         raise ConfigError("rotary positions need an even head dimension (d_model / n_heads)")
+    if not 0.0 <= cfg.layer_dropout <= 1.0:
+        raise ConfigError(f"model layer_dropout={cfg.layer_dropout} must lie in [0, 1]")
+    if cfg.layer_dropout > 0 and cfg.execution == "compact":
+        raise ConfigError("model layer_dropout needs the dense training path (execution auto or dense)")
     if cfg.router.every < 1:
         raise ConfigError(f"model router.every={cfg.router.every} must be at least 1")
 
@@ -174,7 +178,8 @@ class RecurrentTransformer(nn.Module):
         ctx.flops = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
         engine = Engine(policy=self.policy, max_steps=n_steps, execution=self.cfg.execution,
                         core=self.core_group, step_embedding=self.step_vector,
-                        no_grad_steps=max(n_steps - backprop, 0) if backprop > 0 else 0)
+                        no_grad_steps=max(n_steps - backprop, 0) if backprop > 0 else 0,
+                        layer_dropout=self.cfg.layer_dropout)
         # at inference the compacted path also runs the prelude and coda through the
         # dispatcher (the compiled kernels); the reference runs them as plain modules
         group = run_group if engine.compacts(self.training) else (lambda g, h, c: g(h, c))

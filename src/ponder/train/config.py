@@ -41,6 +41,7 @@ class TaskConfig:
     name: str = "list_rank"
     preset: Optional[str] = None
     knobs: Dict[str, Any] = field(default_factory=dict)
+    lm: bool = False               # the task's LM view: answer after the prompt (ponder.tasks.lm)
 
 
 @dataclass

@@ -57,8 +57,10 @@ class TrainResult:
 
 def build_task(cfg: TrainConfig):
     import ponder.tasks
+    from ponder.tasks.lm import maybe_lm
 
-    return ponder.tasks.get(cfg.task.name, cfg.task.preset, **dict(cfg.task.knobs))
+    task = ponder.tasks.get(cfg.task.name, cfg.task.preset, **dict(cfg.task.knobs))
+    return maybe_lm(task, bool(getattr(cfg.task, "lm", False)))
 
 
 def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
