@@ -72,6 +72,7 @@ class AttnContext:
     stats      name → list of floats (routing statistics), averaged into ``model.loss``'s stats
     flops      [B, L] float | None  forward FLOPs each token used so far (the engine and the
                model count them: blocks entered, keys attended, experts evaluated)
+    tokens     [B, L] long | None   the input token ids (hash-routed experts read them)
 
     Aux terms and statistics live here, never as module state, so a module can be applied
     any number of times per forward (every step of a shared core) and in any execution mode.
@@ -84,6 +85,7 @@ class AttnContext:
     aux: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
     flops: Optional[torch.Tensor] = None
+    tokens: Optional[torch.Tensor] = None
     # which tokens are entering the block being run (set by whoever runs it); a dict so that
     # every copy of the context (``keys_of``, ``dataclasses.replace``) shares it
     entering: dict = field(default_factory=dict)
@@ -128,6 +130,22 @@ class AttnContext:
         """tokens [B, L] bool (or float weights): add ``per_token`` FLOPs ([B, L] or scalar)."""
         if self.flops is not None:
             self.flops += tokens.to(self.flops.dtype) * per_token
+
+    def count_rows(self, rows: Optional[torch.Tensor], per_row: torch.Tensor) -> None:
+        """Add ``per_row [R]`` FLOPs to the tokens at ``rows`` (flat indices; None: all ``B·L``
+        in order). For an FFN kind whose cost varies per token (experts evaluated, tokens
+        dropped): ``count_block`` counted its nominal ``flops_per_token()``, and the kind adds
+        the difference for the rows that really enter (weight them with ``row_weight``).
+        Switched off during readouts (the coda is counted once, nominally, by the model)."""
+        if self.flops is None or not self.entering.get("count_rows", True):
+            return
+        flat = self.flops.view(-1)
+        per_row = per_row.detach().to(flat.dtype)
+        if rows is None:
+            if per_row.numel() == flat.numel():
+                flat += per_row
+            return
+        flat.index_add_(0, rows, per_row)
 
     def count_block(self, block: "Block", enter: torch.Tensor,
                     keys: "Optional[AttnContext]" = None) -> None:
@@ -274,7 +292,8 @@ class FFN(nn.Module):
     """Contract of an FFN kind (registry ``FFNS``): position-wise, on rows.
 
         forward(x [R, D] (normed), ctx, rows [R] long | None) → [R, D]
-        flops_per_token()  forward FLOPs per row
+        flops_per_token()  forward FLOPs per row (nominal, for a kind whose cost varies per
+                           token: it reports the difference per row with ``ctx.count_rows``)
 
     ``rows``: the rows' flat token indices ``b·L + l`` in the batch (None: all ``B·L`` tokens
     in natural order), for kinds that need to know which sequence a row belongs to. A kind

@@ -170,6 +170,7 @@ class RecurrentTransformer(nn.Module):
             mask = torch.ones_like(tokens, dtype=torch.bool)
         mask = mask.bool()
         ctx = AttnContext.build(mask, causal=self.cfg.causal, rope=self.rotary)
+        ctx.tokens = tokens
         ctx.flops = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
         engine = Engine(policy=self.policy, max_steps=n_steps, execution=self.cfg.execution,
                         core=self.core_group, step_embedding=self.step_vector,
@@ -185,7 +186,12 @@ class RecurrentTransformer(nn.Module):
         # the per-step readouts are not counted: FLOPs are those of the inference answer
         def readout(h: torch.Tensor) -> torch.Tensor:
             ctx.set_entering(None)  # the coda: every real token
-            return self.readout.head(self.readout.norm(group(self.readout.coda, h, ctx)))
+            # the coda was counted above, nominally, once: readouts run any number of times
+            ctx.entering["count_rows"] = False
+            try:
+                return self.readout.head(self.readout.norm(group(self.readout.coda, h, ctx)))
+            finally:
+                ctx.entering["count_rows"] = True
 
         result = engine.run(h0=h0, mask=mask, ctx=ctx, readout=readout, training=self.training)
         halting = result.halting
