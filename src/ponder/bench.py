@@ -1,7 +1,7 @@
 """``ponder bench``: wall-clock of adaptive vs full-depth execution, and training cost.
 
     ponder bench [--quick] [--json] [--out FILE] [--run RUN_DIR] [--threads N]
-                 [--repeats R] [--part inference|training|all]
+                 [--repeats R] [--part inference|training|experts|all]
 
 Inference (``ponder.benchmarking.inference``): for d_model ∈ {128, 256} × seq ∈ {64, 256}
 (batch 128 / 32; ``--quick``: 32 / 8), T_max = 12 and per-token halting depths of mean ¼, ½,
@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only-run", action="store_true", help="with --run: time only the run's depths")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; never more than cores)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per configuration")
-    p.add_argument("--part", choices=("inference", "training", "all"), default="all")
+    p.add_argument("--part", choices=("inference", "training", "experts", "all"), default="all",
+                   help="experts: routed-expert FFNs vs dense (not part of all)")
     p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                    help="tuned: glibc keeps freed memory (no page faults on every large tensor; "
                         "what jemalloc/tcmalloc give), applied to every implementation alike")
@@ -146,6 +147,11 @@ def run(args: argparse.Namespace) -> int:
                                                             f"N={config.max_steps}"))
         doc["training"] = [r.to_json() for r in records]
         print_training(records, out)
+    if args.part == "experts":
+        from ponder.benchmarking import experts
+        doc["experts"] = experts.bench_experts(quick=args.quick, repeats=args.repeats or (3 if args.quick else 5),
+                                               on_round=progress)
+        experts.print_experts(doc["experts"], out)
     doc["machine"]["seconds"] = round(time.time() - t0, 1)
     doc["machine"]["load_avg_end"] = machine(args.threads)["load_avg"]
     text = json.dumps(doc, indent=1)

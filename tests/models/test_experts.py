@@ -157,7 +157,7 @@ KNOBS = {"switch": [{}, {"capacity_factor": 0.0}, {"capacity_factor": 0.6}, {"sh
          "topk": [{}, {"k": 3, "capacity_factor": 0.5}, {"capacity_factor": 0.0}],
          "hash": [{}, {"seed": 7, "n_experts": 3}],
          "sigma_moe": [{}, {"k": 3}],
-         "expert_choice": [{}, {"capacity": 0.7}],
+         "expert_choice": [{}, {"capacity": 0.7}, {"capacity": 1.0, "n_experts": 2}],
          "soft_moe": [{}, {"slots": 2, "n_experts": 3}]}
 CASES = [(kind, knobs) for kind in KINDS for knobs in KNOBS[kind]]
 
@@ -361,3 +361,17 @@ def test_bad_knobs_are_one_config_error(knobs, tmp_path, capsys):
     code = main(["train", "model.ffn.kind=topk", *args, "--out", str(tmp_path / "r"), "--progress", "none"])
     assert code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind,knobs", [("switch", {"capacity_factor": 0.0}), ("topk", {"k": 3, "capacity_factor": 0.0}),
+                                        ("sigma_moe", {}), ("hash", {})])
+@pytest.mark.parametrize("compact", [False, True], ids=["dense", "compact"])
+def test_inference_path_equals_the_reference(kind, knobs, compact):
+    """Without autograd the complete pairs go through the in-place combine (no cat, no scatter)."""
+    ffn = make(kind, **knobs)
+    x, ctx, enter = setup()
+    with torch.no_grad():
+        got = fast(ffn, x, ctx, enter, compact)
+        ref = reference(kind, ffn, x, ctx, enter)
+    e = enter[:, None]
+    torch.testing.assert_close(got * e, ref * e, atol=1e-10, rtol=1e-10)

@@ -42,21 +42,16 @@ class ExpertBank(nn.Module):
         """Forward FLOPs of one expert on one row."""
         return 4.0 * self.d_model * self.d_expert
 
-    def dispatch(self, x: torch.Tensor, token: torch.Tensor, expert: torch.Tensor,
-                 gate: torch.Tensor) -> torch.Tensor:
-        """Sorted dispatch.
-
-        x [R, D]; token [A] long (rows of x), expert [A] long, gate [A] float: the A
-        assignments → y [R, D], ``y[r] = Σ_{a: token_a = r} gate_a · e_{expert_a}(x[r])``
-        (0 at rows without an assignment).
-        """
-        out = x.new_zeros(x.shape)
-        if token.numel() == 0:
-            return out
+    def outputs(self, x: torch.Tensor, token: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        """x [R, D]; token [A] long (rows of x), expert [A] long → [A, D], row a =
+        ``e_{expert_a}(x[token_a])``: sorted by expert, one matmul pair per expert on its
+        contiguous rows, put back in assignment order (a gather: cheaper than a scatter)."""
+        A = token.numel()
+        if A == 0:
+            return x.new_zeros(0, x.shape[1])
         order = torch.argsort(expert, stable=True)
-        tok = token.index_select(0, order)
         counts = torch.bincount(expert, minlength=self.n_experts).tolist()
-        xs = x.index_select(0, tok)
+        xs = x.index_select(0, token.index_select(0, order))
         outs = []
         start = 0
         for e, n in enumerate(counts):
@@ -65,7 +60,50 @@ class ExpertBank(nn.Module):
                 outs.append(torch.addmm(self.b2[e], h, self.w2[e]))
             start += n
         ys = torch.cat(outs) if len(outs) > 1 else outs[0]
-        return out.index_add(0, tok, ys * gate.index_select(0, order)[:, None].to(ys.dtype))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(A, device=order.device)
+        return ys.index_select(0, inverse)
+
+    def combine(self, x: torch.Tensor, token: torch.Tensor, expert: torch.Tensor,
+                gate: torch.Tensor, k: int) -> torch.Tensor:
+        """Complete choice-major pairs (token = the n rows repeated k times, A = k·n) →
+        [n, D], row i = ``Σ_j gate_{j·n+i} · e_{expert_{j·n+i}}(x[token_i])``."""
+        n, D = token.numel() // k, x.shape[1]
+        if torch.is_grad_enabled() and (x.requires_grad or gate.requires_grad or self.w1.requires_grad):
+            ys = self.outputs(x, token, expert)
+            return (ys.view(k, n, D) * gate.view(k, n, 1).to(ys.dtype)).sum(0)
+        # inference: write each expert's gated output into one sorted buffer (no cat, no
+        # [A, D] product), then gather the k choices of each row from it
+        order = torch.argsort(expert, stable=True)
+        counts = torch.bincount(expert, minlength=self.n_experts).tolist()
+        xs = x.index_select(0, token.index_select(0, order))
+        g = gate.index_select(0, order).to(x.dtype)[:, None]
+        ys = torch.empty_like(xs)
+        start = 0
+        for e, m in enumerate(counts):
+            if m:
+                h = F.gelu(torch.addmm(self.b1[e], xs[start:start + m], self.w1[e]))
+                part = ys[start:start + m]
+                torch.addmm(self.b2[e], h, self.w2[e], out=part)
+                part.mul_(g[start:start + m])
+            start += m
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        out = ys.index_select(0, inverse[:n])
+        for j in range(1, k):
+            out += ys.index_select(0, inverse[j * n:(j + 1) * n])
+        return out
+
+    def dispatch(self, x: torch.Tensor, token: torch.Tensor, expert: torch.Tensor,
+                 gate: torch.Tensor) -> torch.Tensor:
+        """Sorted dispatch, scattered back.
+
+        x [R, D]; token [A] long (rows of x), expert [A] long, gate [A] float: the A
+        assignments → y [R, D], ``y[r] = Σ_{a: token_a = r} gate_a · e_{expert_a}(x[r])``
+        (0 at rows without an assignment).
+        """
+        ys = self.outputs(x, token, expert)
+        return x.new_zeros(x.shape).index_add(0, token, ys * gate[:, None].to(ys.dtype))
 
     def batched(self, xs: torch.Tensor) -> torch.Tensor:
         """Every expert on its own rows: xs [E, S, D] → [E, S, D] (Soft MoE's slots)."""

@@ -44,13 +44,14 @@ class ExpertChoice(RoutedFFN):
         E, n = self.n_experts, idx.numel()
         flat = idx if rows is None else rows.index_select(0, idx)
         seq, pos = torch.div(flat, L, rounding_mode="floor"), flat % L
-        _, probs = softmax_router(self.router, x, idx)
+        _, probs_t = softmax_router(self.router, x, idx)
+        probs = probs_t.t()                                          # [n, E]
         n_b = torch.bincount(seq, minlength=B)
         k_b = torch.minimum(torch.ceil(self.knobs.capacity * n_b.double() / E).long(), n_b)
         kmax = int(k_b.max()) if n else 0
         empty = idx.new_zeros(0)
         if kmax == 0:
-            return Assignment(empty, empty, probs.new_zeros(0), empty), probs
+            return Assignment(empty, empty, probs.new_zeros(0), empty), probs_t
         # selection on a [B, L, E] grid of scores (−inf off the entering rows)
         grid = probs.new_full((B, L, E), -math.inf).index_put((seq, pos), probs.detach())
         local = torch.full((B, L), -1, dtype=torch.long, device=x.device)
@@ -67,7 +68,7 @@ class ExpertChoice(RoutedFFN):
             per_row = torch.zeros(R, dtype=torch.float64, device=x.device)
             per_row[idx] = (taken - self.knobs.capacity) * self.experts.flops_per_token()
             ctx.count_rows(rows, per_row)
-        return Assignment(idx.index_select(0, j), e, probs[j, e], torch.zeros_like(j)), probs
+        return Assignment(idx.index_select(0, j), e, probs[j, e], torch.zeros_like(j)), probs_t
 
     def flops_per_token(self) -> float:
         """Router + ``capacity`` experts on average + shared (per row, ``ctx.count_rows`` adds

@@ -52,4 +52,4 @@ class Hash(RoutedFFN):
             ids = flat % L
         expert = mix(ids.long(), self.knobs.seed) % self.n_experts
         gate = torch.ones(idx.numel(), dtype=x.dtype, device=x.device)
-        return choice_major(idx, expert[:, None], gate[:, None]), None
+        return choice_major(idx, expert[None], gate[None]), None

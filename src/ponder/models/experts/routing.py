@@ -34,12 +34,15 @@ class Assignment:
     expert [A] long
     gate [A] float   the expert output's weight (on the gradient path)
     choice [A] long  the pair's choice rank for its token (0: its first expert)
+    complete         the pairs are k per entering row, choice-major (token = idx repeated k
+                     times): combined without a scatter
     """
 
     token: torch.Tensor
     expert: torch.Tensor
     gate: torch.Tensor
     choice: torch.Tensor
+    complete: bool = False
 
 
 def grid_shape(ctx: Optional[AttnContext], n_rows: int, rows: Optional[torch.Tensor]) -> tuple[int, int]:
@@ -67,15 +70,20 @@ def priority(ctx: Optional[AttnContext], rows: Optional[torch.Tensor], n_rows: i
     return (flat % L) * B + torch.div(flat, L, rounding_mode="floor")
 
 
-def within_capacity(a: Assignment, key: torch.Tensor, capacity: int, n_experts: int) -> torch.Tensor:
+def within_capacity(a: Assignment, key: torch.Tensor, capacity: int,
+                    n_experts: int) -> Optional[torch.Tensor]:
     """[A] bool: the pairs each expert keeps, the first ``capacity`` of its pairs in the order
-    (choice, ``key`` [A] of the pair's token); the others are dropped."""
+    (choice, ``key`` [A] of the pair's token); the others are dropped. None: every pair is
+    kept (no expert is over capacity: the common case, found without sorting)."""
     if a.token.numel() == 0:
-        return torch.ones(0, dtype=torch.bool, device=a.token.device)
-    span = int(key.max()) + 1
-    order = torch.argsort(a.choice * span + key, stable=True)
-    order = order[torch.argsort(a.expert.index_select(0, order), stable=True)]
+        return None
     counts = torch.bincount(a.expert, minlength=n_experts)
+    if int(counts.max()) <= capacity:
+        return None
+    span = int(key.max()) + 1
+    k = int(a.choice.max()) + 1
+    # one sort on (expert, choice, key): the keys are distinct per pair
+    order = torch.argsort((a.expert * k + a.choice) * span + key)
     start = counts.cumsum(0) - counts
     rank = torch.arange(order.numel(), device=order.device) - start.index_select(0, a.expert.index_select(0, order))
     keep = torch.empty_like(a.token, dtype=torch.bool)
@@ -83,38 +91,56 @@ def within_capacity(a: Assignment, key: torch.Tensor, capacity: int, n_experts: 
     return keep
 
 
-def load_balance(probs: torch.Tensor, expert: torch.Tensor, n_experts: int) -> torch.Tensor:
-    """Switch's ``N · Σ_i f_i P_i`` (without α): probs [n, E] router probabilities of the
+def load_balance(probs_t: torch.Tensor, expert: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Switch's ``N · Σ_i f_i P_i`` (without α): probs_t [E, n] router probabilities of the
     entering rows, expert [A] their chosen experts (before capacity drops; a token with k
     choices counts 1/k per choice, so Σ f = 1 and the loss is 1 at uniform routing)."""
-    n = probs.shape[0]
-    f = torch.bincount(expert, minlength=n_experts).to(probs.dtype) / max(expert.numel(), 1)
-    P = probs.sum(0) / max(n, 1)
+    n = probs_t.shape[1]
+    f = torch.bincount(expert, minlength=n_experts).to(probs_t.dtype) / max(expert.numel(), 1)
+    P = probs_t.sum(1) / max(n, 1)
     return n_experts * (f * P).sum()
 
 
-def z_loss(logits: torch.Tensor) -> torch.Tensor:
-    """ST-MoE router z-loss ``mean(logsumexp(logits)²)`` over the entering rows [n, E]."""
-    return torch.logsumexp(logits, -1).pow(2).mean() if logits.shape[0] else logits.sum()
+def z_loss(logits_t: torch.Tensor) -> torch.Tensor:
+    """ST-MoE router z-loss ``mean(logsumexp(logits)²)`` over the entering rows (logits_t [E, n])."""
+    return torch.logsumexp(logits_t, 0).pow(2).mean() if logits_t.shape[1] else logits_t.sum()
 
 
-def routing_stats(ctx: Optional[AttnContext], name: str, probs: Optional[torch.Tensor],
+def small_topk(scores_t: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k over experts of scores_t [E, n] → (values [k, n], indices [k, n]), best first.
+
+    k rounds of argmax: on a CPU, ``topk`` over a short dim costs ~10× a max at k ≤ 4."""
+    if k > 4:
+        v, i = scores_t.topk(k, 0)
+        return v, i
+    work = scores_t.detach().clone()
+    picks = []
+    for j in range(k):
+        i = work.max(0).indices  # (argmax over dim 0 is ~10× slower on a CPU)
+        picks.append(i)
+        if j + 1 < k:
+            work.scatter_(0, i[None], -math.inf)
+    ind = torch.stack(picks)
+    return scores_t.gather(0, ind), ind
+
+
+def routing_stats(ctx: Optional[AttnContext], name: str, probs_t: Optional[torch.Tensor],
                   expert: torch.Tensor, kept: int, n_experts: int) -> None:
     """Routing statistics (``route/<name>.<stat>`` in the training stats): the dropped share
     of the assignments, the imbalance ``max_i load_i · E`` (1 = balanced), the per-token
-    routing entropy and the router margin (top-1 minus top-2 probability)."""
+    routing entropy and the router margin (top-1 minus top-2 probability); probs_t [E, n]."""
     if ctx is None or expert.numel() == 0:
         return
     with torch.no_grad():
         load = torch.bincount(expert, minlength=n_experts).double() / expert.numel()
         ctx.add_stat(f"{name}.dropped", 1.0 - kept / expert.numel())
         ctx.add_stat(f"{name}.imbalance", float(load.max()) * n_experts)
-        if probs is not None and probs.shape[0]:
-            p = probs.double()
-            ctx.add_stat(f"{name}.entropy", float(-(p * p.clamp_min(1e-30).log()).sum(-1).mean()))
-            top = p.topk(min(2, n_experts), -1).values
-            if top.shape[-1] == 2:
-                ctx.add_stat(f"{name}.margin", float((top[:, 0] - top[:, 1]).mean()))
+        if probs_t is not None and probs_t.shape[1]:
+            p = probs_t.detach()
+            ctx.add_stat(f"{name}.entropy", float(-(p * p.clamp_min(1e-30).log()).sum(0).mean()))
+            if n_experts >= 2:
+                top, _ = small_topk(p, 2)
+                ctx.add_stat(f"{name}.margin", float((top[0] - top[1]).mean()))
 
 
 class RoutedFFN(FFN):
@@ -156,7 +182,7 @@ class RoutedFFN(FFN):
     def route(self, x: torch.Tensor, idx: torch.Tensor, ctx: Optional[AttnContext],
               rows: Optional[torch.Tensor]) -> tuple[Assignment, Optional[torch.Tensor]]:
         """x [R, D], idx [n] the entering rows → (assignment over rows of x, the router
-        probabilities of the entering rows [n, E] or None); adds the kind's aux losses."""
+        probabilities of the entering rows [E, n] or None); adds the kind's aux losses."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, ctx: Optional[AttnContext] = None,
@@ -165,9 +191,9 @@ class RoutedFFN(FFN):
         R = x.shape[0]
         idx = entering(ctx, rows, x).nonzero().view(-1)
         a, probs = self.route(x, idx, ctx, rows)
-        keep = None
+        keep: Optional[torch.Tensor] = None
         cf = getattr(self.knobs, "capacity_factor", 0.0)
-        if cf > 0:
+        if cf > 0 and a.token.numel():
             capacity = math.ceil(cf * idx.numel() * self.k / self.n_experts)
             keep = within_capacity(a, priority(ctx, rows, R, x.device).index_select(0, a.token),
                                    capacity, self.n_experts)
@@ -175,7 +201,12 @@ class RoutedFFN(FFN):
         if keep is not None:
             a = Assignment(a.token[keep], a.expert[keep], a.gate[keep], a.choice[keep])
         routing_stats(ctx, self.name, probs, chosen, a.token.numel(), self.n_experts)
-        y = self.experts.dispatch(x, a.token, a.expert, a.gate)
+        if keep is None and a.complete and a.token.numel() == self.k * idx.numel():
+            # every entering row has its k pairs, choice-major: combine them without a scatter
+            y_rows = self.experts.combine(x, a.token, a.expert, a.gate, self.k)
+            y = y_rows if idx.numel() == R else x.new_zeros(x.shape).index_copy(0, idx, y_rows)
+        else:
+            y = self.experts.dispatch(x, a.token, a.expert, a.gate)
         if ctx is not None and keep is not None:
             # a dropped pair evaluated no expert: the difference from the nominal count
             dropped = torch.zeros(R, dtype=torch.float64, device=x.device)
@@ -197,14 +228,23 @@ class RoutedFFN(FFN):
 
 
 def choice_major(idx: torch.Tensor, experts: torch.Tensor, gates: torch.Tensor) -> Assignment:
-    """idx [n] entering rows, experts / gates [n, k] → their pairs, choice-major ([k, n] flat)."""
-    k = experts.shape[1]
-    return Assignment(token=idx.repeat(k), expert=experts.t().reshape(-1),
-                      gate=gates.t().reshape(-1),
-                      choice=torch.arange(k, device=idx.device).repeat_interleave(idx.numel()))
+    """idx [n] entering rows, experts / gates [k, n] (choice j of each row) → the pairs,
+    choice-major."""
+    k = experts.shape[0]
+    choice = torch.arange(k, device=idx.device).repeat_interleave(idx.numel()) if k > 1 else \
+        torch.zeros_like(idx)
+    return Assignment(token=idx.repeat(k) if k > 1 else idx, expert=experts.reshape(-1),
+                      gate=gates.reshape(-1), choice=choice, complete=True)
+
+
+def router_logits(router: nn.Linear, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Router logits of the entering rows idx [n] of x [R, D], experts first: [E, n] (the
+    softmax / max / logsumexp over experts run ~10× faster along a long contiguous dim)."""
+    xs = x if idx.numel() == x.shape[0] else x.index_select(0, idx)  # idx is sorted
+    return router.weight @ xs.t()
 
 
 def softmax_router(router: nn.Linear, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Router logits and softmax probabilities of the entering rows: each [n, E]."""
-    logits = router(x.index_select(0, idx))
-    return logits, F.softmax(logits, -1)
+    """Router logits and softmax probabilities of the entering rows: each [E, n]."""
+    logits = router_logits(router, x, idx)
+    return logits, F.softmax(logits, 0)

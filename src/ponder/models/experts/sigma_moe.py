@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ponder.models.experts.routing import RoutedFFN, choice_major
+from ponder.models.experts.routing import RoutedFFN, choice_major, router_logits, small_topk
 from ponder.models.kinds import FFNS
 from ponder.tasks.base import knob
 
@@ -40,13 +40,12 @@ class SigmaMoE(RoutedFFN):
     Knobs = SigmaMoEKnobs
 
     def route(self, x, idx, ctx, rows):
-        logits = self.router(x.index_select(0, idx))
-        sel = torch.sigmoid(logits)
-        gate, expert = sel.topk(self.k, -1)
+        logits = router_logits(self.router, x, idx)                 # [E, n]
+        gate, expert = small_topk(torch.sigmoid(logits), self.k)
         n = idx.numel()
-        probs = torch.softmax(logits, -1)
+        probs = torch.softmax(logits, 0)
         if ctx is not None and n and self.knobs.entropy > 0:
             # log of the mean selection distribution, in log space as MoEUT does
-            log_mean = torch.logsumexp(torch.log_softmax(logits, -1), 0) - math.log(n)
+            log_mean = torch.logsumexp(torch.log_softmax(logits, 0), 1) - math.log(n)
             ctx.add_aux(f"{self.name}_entropy", self.knobs.entropy * (log_mean.exp() * log_mean).sum())
         return choice_major(idx, expert, gate), probs

@@ -40,7 +40,7 @@ class SwitchKnobs:
 def aux_losses(ffn: RoutedFFN, ctx: Optional[AttnContext], logits: torch.Tensor,
                probs: torch.Tensor, expert: torch.Tensor) -> None:
     """Add the load-balance and z-loss terms (``<kind>_balance``, ``<kind>_z``)."""
-    if ctx is None or probs.shape[0] == 0:
+    if ctx is None or probs.shape[1] == 0:
         return
     if ffn.knobs.balance > 0:
         ctx.add_aux(f"{ffn.name}_balance", ffn.knobs.balance * load_balance(probs, expert, ffn.n_experts))
@@ -58,6 +58,6 @@ class Switch(RoutedFFN):
 
     def route(self, x, idx, ctx, rows):
         logits, probs = softmax_router(self.router, x, idx)
-        gate, expert = probs.max(-1)
+        gate, expert = probs.max(0)
         aux_losses(self, ctx, logits, probs, expert)
-        return choice_major(idx, expert[:, None], gate[:, None]), probs
+        return choice_major(idx, expert[None], gate[None]), probs

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ponder.models.experts.routing import RoutedFFN, choice_major, softmax_router
+from ponder.models.experts.routing import RoutedFFN, choice_major, small_topk, softmax_router
 from ponder.models.experts.switch import aux_losses
 from ponder.models.kinds import FFNS
 from ponder.tasks.base import knob
@@ -39,7 +39,7 @@ class TopK(RoutedFFN):
 
     def route(self, x, idx, ctx, rows):
         logits, probs = softmax_router(self.router, x, idx)
-        top, expert = probs.topk(self.k, -1)
-        gate = top / top.sum(-1, keepdim=True)
+        top, expert = small_topk(probs, self.k)
+        gate = top / top.sum(0, keepdim=True)
         aux_losses(self, ctx, logits, probs, expert.reshape(-1))
         return choice_major(idx, expert, gate), probs
