@@ -204,6 +204,8 @@ class RecurrentTransformer(nn.Module):
             logits = readout(result.exit)
         aux = halting.aux_loss if halting.aux_loss is not None else logits.new_zeros(())
         extras: dict = {"policy_stats": halting.stats, "policy_carry": halting.carry}
+        if "expert" in ctx.entering:  # routed FFN kinds: each token's first-choice expert
+            extras["expert"] = ctx.entering["expert"].view(mask.shape)
         if ctx.stats:
             extras["block_stats"] = {k: sum(v) / len(v) for k, v in ctx.stats.items()}
         if halting.halt_dist is not None:

@@ -143,6 +143,23 @@ def routing_stats(ctx: Optional[AttnContext], name: str, probs_t: Optional[torch
                 ctx.add_stat(f"{name}.margin", float((top[0] - top[1]).mean()))
 
 
+def note_experts(ctx: Optional[AttnContext], rows: Optional[torch.Tensor], n_rows: int,
+                 idx: torch.Tensor, expert: torch.Tensor) -> None:
+    """Remember each entering row's first-choice expert ``expert [n]`` in the context
+    (``ctx.entering["expert"]`` [B·L] long, −1 where none ran): the last routed FFN call a
+    token entered outside the readouts (prelude or core) wins. The model hands it to the
+    eval records (``expert`` column)."""
+    if ctx is None or not ctx.entering.get("count_rows", True) or expert.numel() != idx.numel():
+        return
+    B, L = ctx.key_mask.shape
+    if rows is None and n_rows != B * L:
+        return
+    buf = ctx.entering.get("expert")
+    if buf is None:
+        buf = ctx.entering["expert"] = torch.full((B * L,), -1, dtype=torch.long, device=idx.device)
+    buf[idx if rows is None else rows.index_select(0, idx)] = expert.detach()
+
+
 class RoutedFFN(FFN):
     """Base of the token-choice kinds: a router, an :class:`ExpertBank`, optional shared experts.
 
@@ -198,6 +215,8 @@ class RoutedFFN(FFN):
             keep = within_capacity(a, priority(ctx, rows, R, x.device).index_select(0, a.token),
                                    capacity, self.n_experts)
         chosen, pairs_of = a.expert, a.token
+        if a.complete:
+            note_experts(ctx, rows, R, idx, a.expert[:idx.numel()])
         if keep is not None:
             a = Assignment(a.token[keep], a.expert[keep], a.gate[keep], a.choice[keep])
         routing_stats(ctx, self.name, probs, chosen, a.token.numel(), self.n_experts)
