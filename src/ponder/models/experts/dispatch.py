@@ -52,13 +52,14 @@ class ExpertBank(nn.Module):
         order = torch.argsort(expert, stable=True)
         counts = torch.bincount(expert, minlength=self.n_experts).tolist()
         xs = x.index_select(0, token.index_select(0, order))
+        # unbind / split, not w1[e] / xs[a:b]: their backward is one stack / cat, where
+        # indexing's backward fills a zero tensor of the whole bank per expert
+        w1, b1, w2, b2 = self.w1.unbind(0), self.b1.unbind(0), self.w2.unbind(0), self.b2.unbind(0)
         outs = []
-        start = 0
-        for e, n in enumerate(counts):
-            if n:
-                h = F.gelu(torch.addmm(self.b1[e], xs[start:start + n], self.w1[e]))
-                outs.append(torch.addmm(self.b2[e], h, self.w2[e]))
-            start += n
+        for e, part in enumerate(xs.split(counts)):
+            if part.shape[0]:
+                h = F.gelu(torch.addmm(b1[e], part, w1[e]))
+                outs.append(torch.addmm(b2[e], h, w2[e]))
         ys = torch.cat(outs) if len(outs) > 1 else outs[0]
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(A, device=order.device)
