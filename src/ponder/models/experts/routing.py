@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ponder.errors import ConfigError
 from ponder.models.experts.dispatch import ExpertBank
 from ponder.models.layers import FFN, AttnContext
 
@@ -181,7 +182,6 @@ class RoutedFFN(FFN):
         self.k = self.top_k(knobs)
         self.n_experts = knobs.n_experts
         if self.k > self.n_experts:
-            from ponder.errors import ConfigError
             raise ConfigError(f"ffn kind {self.name!r}: k={self.k} exceeds n_experts={self.n_experts}")
         width = knobs.d_expert or max(1, d_ff // self.k)
         self.experts = ExpertBank(n_experts=self.n_experts, d_model=d_model, d_expert=width)
