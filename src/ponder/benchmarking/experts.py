@@ -125,11 +125,14 @@ def grouped_mm_check(d_model: int, tokens: int, repeats: int) -> dict[str, Any]:
 
 
 def bench_experts(*, quick: bool, repeats: int,
-                  on_round: Optional[Callable[[str], Callable[[int, int], None]]] = None) -> dict[str, list]:
-    """→ {"records": [ExpertRecord json], "grouped_mm": [check json]}."""
+                  on_round: Optional[Callable[[str], Callable[[int, int], None]]] = None,
+                  d_models: tuple[int, ...] = (128, 256),
+                  sizes: Optional[tuple[int, ...]] = None) -> dict[str, list]:
+    """→ {"records": [ExpertRecord json], "grouped_mm": [check json]}; ``sizes``: tokens per
+    call (multiples of 256; default 4,096 and 16,384, ``quick`` 4,096)."""
     records: list[ExpertRecord] = []
-    sizes = (4096,) if quick else (4096, 16384)
-    for d_model in (128, 256):
+    sizes = sizes or ((4096,) if quick else (4096, 16384))
+    for d_model in d_models:
         for tokens in sizes:
             x = torch.randn(tokens, d_model, generator=torch.Generator().manual_seed(1))
             for k in (1, 2):
@@ -145,14 +148,12 @@ def bench_experts(*, quick: bool, repeats: int,
                     times = interleaved(fns, repeats=repeats, warmup=1,
                                         on_round=on_round(label) if on_round else None)
                     dense = median(times["dense"])
-                    for name, t in times.items():
-                        if name == "dense" and k == 2:
-                            continue  # the same dense FFN as at top-1: one record of it
+                    for name, t in times.items():  # dense: re-timed in each k's rounds
                         m = median(t)
                         records.append(ExpertRecord(kind=name, k=k, d_model=d_model, tokens=tokens,
                                                     mode=mode, seconds=m, us_per_token=m / tokens * 1e6,
                                                     spread=spread(t), ratio=m / dense))
-    checks = [grouped_mm_check(d, 4096, repeats) for d in (128, 256)]
+    checks = [grouped_mm_check(d, max(sizes), repeats) for d in d_models]
     return {"records": [r.to_json() for r in records], "grouped_mm": checks}
 
 
