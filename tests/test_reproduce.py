@@ -11,7 +11,7 @@ import yaml
 import ponder.models
 import ponder.tasks
 from ponder.cli import main
-from ponder.reproduce import EXPERIMENTS, NOTES_MARK, TABLE_COLUMNS, learning_curve, write_doc
+from ponder.apps.reproduce import EXPERIMENTS, NOTES_MARK, TABLE_COLUMNS, learning_curve, write_doc
 from ponder.tasks.vocab import Vocab
 from ponder.train.config import load_config, validate_names
 
@@ -139,7 +139,7 @@ def test_parallel_jobs_run_in_child_processes_and_report_failures(monkeypatch, c
     stops that run only (cheap stand-in commands instead of training)."""
     import sys
 
-    import ponder.reproduce as rep
+    import ponder.apps.reproduce as rep
 
     def fake_commands(job, n):
         code = "import sys; print('hello from', sys.argv[1]); sys.exit(3 if sys.argv[1] == 'bad' else 0)"
@@ -158,7 +158,7 @@ def test_parallel_jobs_run_in_child_processes_and_report_failures(monkeypatch, c
 def test_a_subset_run_does_not_replace_the_full_results_table(tmp_path):
     import argparse
 
-    from ponder.reproduce import doc_path
+    from ponder.apps.reproduce import doc_path
 
     def args(only=None, doc=None):
         return argparse.Namespace(experiment="parity", only=only, doc=doc)

@@ -23,9 +23,9 @@ COMMAND_MODULES = (
     "ponder.eval.cli",
     "ponder.analysis.cli",
     "ponder.cascade.cli",
-    "ponder.bench",
-    "ponder.demo",
-    "ponder.reproduce",
+    "ponder.apps.bench",
+    "ponder.apps.demo",
+    "ponder.apps.reproduce",
 )
 
 

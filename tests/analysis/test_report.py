@@ -83,7 +83,7 @@ def test_cli_report_default_path_and_reuses_analysis(make_run, capsys):
 
 
 def test_report_renders_in_headless_chromium(three_runs, tmp_path):
-    from ponder.analysis import screenshot
+    from ponder.apps import screenshot
     if screenshot.find_browser() is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium); cannot render the report")
     from PIL import Image
@@ -116,7 +116,7 @@ def test_no_time_saved_against_a_fixed_run_of_another_model_size(make_run, tmp_p
 
 
 def test_screenshot_tool_refuses_a_missing_page(tmp_path, capsys):
-    from ponder.analysis import screenshot
+    from ponder.apps import screenshot
     from ponder.errors import PonderError
 
     with pytest.raises(PonderError, match="no such HTML file"):

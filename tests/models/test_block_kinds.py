@@ -57,6 +57,25 @@ class SquaredReLU(FFN):
         return 4.0 * self.up.in_features * self.up.out_features
 
 
+class OddPositionsCost(SquaredReLU):
+    """Toy kind whose cost depends on the row: tokens at odd positions run a second matrix.
+    (Their extra FLOPs go through ``ctx.count_row_flops``, as an MoE's experts would.)"""
+
+    name = "toy_odd_cost"
+    EXTRA = 100.0
+
+    def __init__(self, *, d_model: int, d_ff: int, dropout: float = 0.0, knobs: Any = None) -> None:
+        super().__init__(d_model=d_model, d_ff=d_ff, dropout=dropout, knobs=knobs)
+        self.extra = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x, ctx=None, rows=None):
+        L = ctx.key_mask.shape[1]
+        index = rows if rows is not None else torch.arange(x.shape[0])
+        odd = (index % L) % 2 == 1
+        ctx.count_row_flops(rows, odd.to(x.dtype) * self.EXTRA)
+        return super().forward(x, ctx, rows) + odd[:, None] * self.extra(x)
+
+
 class ScoreRouter(Router):
     """Toy router: a token enters when a linear score of its state is positive; its update is
     scaled by sigmoid(score) (the router on the gradient path)."""
@@ -82,17 +101,19 @@ class RoutedKeysRouter(ScoreRouter):
 @pytest.fixture(autouse=True)
 def toys():
     FFNS.register(SquaredReLU)
+    FFNS.register(OddPositionsCost)
     ROUTERS.register(ScoreRouter)
     ROUTERS.register(RoutedKeysRouter)
     yield
     FFNS.unregister(SquaredReLU.name)
+    FFNS.unregister(OddPositionsCost.name)
     ROUTERS.unregister(ScoreRouter.name)
     ROUTERS.unregister(RoutedKeysRouter.name)
 
 
 def kinds_to_run() -> list[tuple[str, str, str]]:
     """(ffn, attention, router) triples: every registered kind once, plus the toys."""
-    ffns = sorted(set(FFNS.names()) | {"toy_squared"})
+    ffns = sorted(set(FFNS.names()) | {"toy_squared", "toy_odd_cost"})
     attns = ATTENTIONS.names()
     routers = ["none"] + sorted(set(ROUTERS.names()) | {"toy_score", "toy_routed_keys"})
     out = [(f, "standard", "none") for f in ffns]
@@ -279,6 +300,23 @@ def test_cli_lists_the_registries(what):
                          text=True, check=True).stdout
     expected = {"ffn": "dense", "attention": "standard", "router": "none"}[what]
     assert expected in out
+
+
+def test_row_dependent_flops_known_answer():
+    """A kind's per-row FLOPs (``ctx.count_row_flops``) add up per block a token enters, in
+    dense and compacted execution alike; frozen tokens, which a dense pass computes anyway,
+    are not charged."""
+    tokens, mask, _ = batch()
+    plain = build("toy_squared", "standard", "none", kind="recurrent", causal=False, execution="dense")
+    steps = plain.policy.steps
+    for execution in ("dense", "compact"):
+        odd = build("toy_odd_cost", "standard", "none", kind="recurrent", causal=False,
+                    execution=execution).eval()
+        with torch.no_grad():
+            extra = odd(tokens, mask).flops - plain.eval()(tokens, mask).flops
+        blocks = 1 + 1 + odd.cfg.core * steps.clamp(max=N)  # prelude + coda + core × steps
+        position_odd = (torch.arange(tokens.shape[1]) % 2 == 1).double()
+        torch.testing.assert_close(extra, OddPositionsCost.EXTRA * blocks * position_odd * mask)
 
 
 @pytest.mark.parametrize("causal", [False, True])

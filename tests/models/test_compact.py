@@ -25,7 +25,7 @@ from ponder.errors import ConfigError
 from ponder.models.config import ModelConfig
 from ponder.models.layers import AttnContext
 from ponder.policies.scripted import ScriptedPolicy
-from ponder.tasks.batching import IGNORE_INDEX
+from tests.batches import padded_batch
 
 V = 13
 N = 6
@@ -34,13 +34,7 @@ TOL = 1e-5
 
 def batch(B: int = 4, L: int = 9, seed: int = 0):
     """tokens [B, L], mask [B, L] with two padded rows (one short), targets with pads ignored."""
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, V, (B, L), generator=g)
-    mask = torch.ones(B, L, dtype=torch.bool)
-    mask[1, L - 3:] = False
-    mask[2, 3:] = False
-    targets = torch.randint(0, V, (B, L), generator=g).masked_fill(~mask, IGNORE_INDEX)
-    return tokens, mask, targets
+    return padded_batch(vocab=V, B=B, L=L, seed=seed)
 
 
 def cfg(kind: str, causal: bool, **kw) -> ModelConfig:

@@ -17,19 +17,13 @@ import ponder.models as models
 import ponder.policies as policies
 from ponder.models.config import ModelConfig
 from ponder.models.layers import AttnContext
-from ponder.tasks.batching import IGNORE_INDEX
+from tests.batches import padded_batch
 
 V, N, B, L = 11, 6, 4, 9
 
 
 def batch():
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, V, (B, L), generator=g)
-    mask = torch.ones(B, L, dtype=torch.bool)
-    mask[1, L - 3:] = False
-    mask[2, 4:] = False
-    targets = torch.randint(0, V, (B, L), generator=g).masked_fill(~mask, IGNORE_INDEX)
-    return tokens, mask, targets
+    return padded_batch(vocab=V, B=B, L=L, short=4)
 
 
 def model_for(semantics: str, causal: bool = False, kind: str = "recurrent", seed: int = 0,

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from ponder.cli import main
-from ponder.demo import SUMMARY_FIELDS, spearman
+from ponder.apps.demo import SUMMARY_FIELDS, spearman
 
 
 def test_demo_pipeline_writes_summary_and_runs(tmp_path, capsys):
@@ -46,7 +46,7 @@ def test_busy_cpus_sees_a_spinning_process() -> None:
     import subprocess
     import sys
 
-    from ponder.demo import busy_cpus
+    from ponder.apps.demo import busy_cpus
 
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ponder.demo import COMMON, DEMO_RUNS
+from ponder.apps.demo import COMMON, DEMO_RUNS
 from ponder.train.config import load_config, to_dict, validate_names
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

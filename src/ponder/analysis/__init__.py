@@ -8,17 +8,10 @@ Note: the name ``load`` is the function; import the module's other names with
 ``from ponder.analysis.load import RunData``. What every number means: docs/analysis.md.
 """
 
+from ponder._exports import lazy_exports
 from ponder.analysis.load import RunData, load
 
-__all__ = ["RunData", "load", "analyze_run", "write_report"]
-
-
-def __getattr__(name: str):
-    # Lazy: scikit-learn and matplotlib load only when an analysis actually runs.
-    if name == "analyze_run":
-        from ponder.analysis.analyze import analyze_run
-        return analyze_run
-    if name == "write_report":
-        from ponder.analysis.report import write_report
-        return write_report
-    raise AttributeError(f"module 'ponder.analysis' has no attribute {name!r}")
+# Lazy: scikit-learn and matplotlib load only when an analysis actually runs.
+_HOMES = {"analyze_run": "ponder.analysis.analyze", "write_report": "ponder.analysis.report"}
+__all__ = ["RunData", "load", *sorted(_HOMES)]
+__getattr__ = lazy_exports(__name__, _HOMES)

@@ -4,5 +4,9 @@
 - :mod:`~ponder.benchmarking.inference`: full-depth vs masked-dense vs compacted execution
   over a grid of widths, lengths and depth profiles;
 - :mod:`~ponder.benchmarking.training`: forward+backward cost of every halting policy
-  against the fixed-depth model of the same size, and compacted training.
+  against the fixed-depth model of the same size, and compacted training;
+- :mod:`~ponder.benchmarking.experts`: routed-expert FFNs against a dense FFN with the same
+  active parameters.
 """
+
+__all__ = ["experts", "inference", "timing", "training"]

@@ -131,21 +131,23 @@ class AttnContext:
         if self.flops is not None:
             self.flops += tokens.to(self.flops.dtype) * per_token
 
-    def count_rows(self, rows: Optional[torch.Tensor], per_row: torch.Tensor) -> None:
-        """Add ``per_row [R]`` FLOPs to the tokens at ``rows`` (flat indices; None: all ``B·L``
-        in order). For an FFN kind whose cost varies per token (experts evaluated, tokens
-        dropped): ``count_block`` counted its nominal ``flops_per_token()``, and the kind adds
-        the difference for the rows that really enter (weight them with ``row_weight``).
-        Switched off during readouts (the coda is counted once, nominally, by the model)."""
-        if self.flops is None or not self.entering.get("count_rows", True):
+    def count_row_flops(self, rows: Optional[torch.Tensor], per_row: torch.Tensor) -> None:
+        """Add FLOPs that depend on the row, from inside a kind's ``forward``: per_row [R] is
+        what each row used beyond the kind's ``flops_per_token()`` (experts evaluated, leaves
+        descended, width run). ``rows`` as in ``FFN.forward`` (None: all ``B·L`` in order).
+        Only rows that really enter the block count (``row_weight``), so the total is the same
+        in dense and compacted execution. Switched off during the model's readouts (the coda
+        is counted once, nominally, before them: readouts run any number of times)."""
+        if self.flops is None or not self.entering.get("count_row_flops", True):
             return
         flat = self.flops.view(-1)
-        per_row = per_row.detach().to(flat.dtype)
         if rows is None:
-            if per_row.numel() == flat.numel():
-                flat += per_row
-            return
-        flat.index_add_(0, rows, per_row)
+            if per_row.numel() != flat.numel():
+                raise ValueError(f"count_row_flops: {per_row.numel()} rows without indices "
+                                 f"for {flat.numel()} tokens")
+            rows = torch.arange(flat.numel(), device=flat.device)
+        w = self.row_weight(rows, per_row.numel(), flat.dtype)
+        flat.index_add_(0, rows, w * per_row.detach().to(flat.dtype))
 
     def count_block(self, block: "Block", enter: torch.Tensor,
                     keys: "Optional[AttnContext]" = None) -> None:
@@ -292,8 +294,9 @@ class FFN(nn.Module):
     """Contract of an FFN kind (registry ``FFNS``): position-wise, on rows.
 
         forward(x [R, D] (normed), ctx, rows [R] long | None) → [R, D]
-        flops_per_token()  forward FLOPs per row (nominal, for a kind whose cost varies per
-                           token: it reports the difference per row with ``ctx.count_rows``)
+        flops_per_token()  forward FLOPs per row (counted for every token entering the
+                           block; a kind whose cost depends on the row adds the rest from
+                           ``forward`` with ``ctx.count_row_flops(rows, per_row)``)
 
     ``rows``: the rows' flat token indices ``b·L + l`` in the batch (None: all ``B·L`` tokens
     in natural order), for kinds that need to know which sequence a row belongs to. A kind

@@ -187,11 +187,11 @@ class RecurrentTransformer(nn.Module):
         def readout(h: torch.Tensor) -> torch.Tensor:
             ctx.set_entering(None)  # the coda: every real token
             # the coda was counted above, nominally, once: readouts run any number of times
-            ctx.entering["count_rows"] = False
+            ctx.entering["count_row_flops"] = False
             try:
                 return self.readout.head(self.readout.norm(group(self.readout.coda, h, ctx)))
             finally:
-                ctx.entering["count_rows"] = True
+                ctx.entering["count_row_flops"] = True
 
         result = engine.run(h0=h0, mask=mask, ctx=ctx, readout=readout, training=self.training)
         halting = result.halting

@@ -25,6 +25,17 @@ from ponder.errors import ConfigError
 from ponder.models.config import ModelConfig
 
 
+# The configs shipped as package data (src/ponder/configs; ./configs in a checkout links here).
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def configs_dir() -> Path:
+    """./configs when the working directory has one, else the configs shipped in the package
+    (package data: a wheel install finds them from any directory)."""
+    here = Path.cwd() / "configs"
+    return here if here.is_dir() else SHIPPED_CONFIGS
+
+
 @dataclass
 class TaskConfig:
     name: str = "list_rank"

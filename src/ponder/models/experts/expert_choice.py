@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ponder.models.experts.routing import Assignment, RoutedFFN, grid_shape, softmax_router
+from ponder.models.experts.routing import Assignment, RoutedFFN, count_row_flops, grid_shape, softmax_router
 from ponder.models.kinds import FFNS
 from ponder.tasks.base import knob
 
@@ -67,11 +67,11 @@ class ExpertChoice(RoutedFFN):
             # FLOPs: the experts a token really ran, against the nominal ``capacity``
             per_row = torch.zeros(R, dtype=torch.float64, device=x.device)
             per_row[idx] = (taken - self.knobs.capacity) * self.experts.flops_per_token()
-            ctx.count_rows(rows, per_row)
+            count_row_flops(ctx, rows, per_row)
         return Assignment(idx.index_select(0, j), e, probs[j, e], torch.zeros_like(j)), probs_t
 
     def flops_per_token(self) -> float:
-        """Router + ``capacity`` experts on average + shared (per row, ``ctx.count_rows`` adds
+        """Router + ``capacity`` experts on average + shared (per row, ``ctx.count_row_flops`` adds
         the difference of the experts that really took it)."""
         D = self.d_model
         shared = 4.0 * D * self.shared[0].out_features if self.shared is not None else 0.0

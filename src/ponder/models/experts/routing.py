@@ -144,13 +144,21 @@ def routing_stats(ctx: Optional[AttnContext], name: str, probs_t: Optional[torch
                 ctx.add_stat(f"{name}.margin", float((top[0] - top[1]).mean()))
 
 
+def count_row_flops(ctx: Optional[AttnContext], rows: Optional[torch.Tensor], per_row: torch.Tensor) -> None:
+    """``ctx.count_row_flops`` (per_row [R]: FLOPs beyond the nominal ``flops_per_token``),
+    skipped where the rows are not the context's tokens (a bare call on a segment of them)."""
+    if ctx is None or ctx.flops is None or (rows is None and per_row.numel() != ctx.flops.numel()):
+        return
+    ctx.count_row_flops(rows, per_row)
+
+
 def note_experts(ctx: Optional[AttnContext], rows: Optional[torch.Tensor], n_rows: int,
                  idx: torch.Tensor, expert: torch.Tensor) -> None:
     """Remember each entering row's first-choice expert ``expert [n]`` in the context
     (``ctx.entering["expert"]`` [B·L] long, −1 where none ran): the last routed FFN call a
     token entered outside the readouts (prelude or core) wins. The model hands it to the
     eval records (``expert`` column)."""
-    if ctx is None or not ctx.entering.get("count_rows", True) or expert.numel() != idx.numel():
+    if ctx is None or not ctx.entering.get("count_row_flops", True) or expert.numel() != idx.numel():
         return
     B, L = ctx.key_mask.shape
     if rows is None and n_rows != B * L:
@@ -230,14 +238,14 @@ class RoutedFFN(FFN):
             # a dropped pair evaluated no expert: the difference from the nominal count
             dropped = torch.zeros(R, dtype=torch.float64, device=x.device)
             dropped.index_add_(0, pairs_of, (~keep).double())
-            ctx.count_rows(rows, -dropped * self.experts.flops_per_token())
+            count_row_flops(ctx, rows, -dropped * self.experts.flops_per_token())
         if self.shared is not None:
             y = y + self.shared(x)
         return self.drop(y)
 
     def flops_per_token(self) -> float:
         """Router + k experts + the shared experts (nominal: a dropped token subtracts its
-        expert through ``ctx.count_rows``)."""
+        expert through ``ctx.count_row_flops``)."""
         D, E = self.d_model, self.n_experts
         router = 2.0 * D * E if self.router is not None else 0.0
         shared = 0.0

@@ -9,7 +9,7 @@ Per sequence, over its rows entering the block (n_b of them):
 
 Every slot mixes every position of the sequence, so a causal model refuses it. FLOPs per
 token: 6·D·E·S (logits, dispatch, combine) plus its share E·S/n_b of the slots' experts
-(nominal ``flops_per_token``: one expert; ``ctx.count_rows`` adds the difference).
+(nominal ``flops_per_token``: one expert; ``ctx.count_row_flops`` adds the difference).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ponder.models.experts.dispatch import ExpertBank
-from ponder.models.experts.routing import entering, grid_shape
+from ponder.models.experts.routing import count_row_flops, entering, grid_shape
 from ponder.models.kinds import FFNS
 from ponder.models.layers import FFN, AttnContext
 from ponder.tasks.base import knob
@@ -78,7 +78,7 @@ class SoftMoE(FFN):
             share = E * S * self.experts.flops_per_token() / n_b.index_select(0, seq)
             per_row = torch.zeros(R, dtype=torch.float64, device=x.device)
             per_row[idx] = share - self.experts.flops_per_token()
-            ctx.count_rows(rows, per_row)
+            count_row_flops(ctx, rows, per_row)
         out = x.new_zeros(R, D).index_copy(0, idx, yg[seq, pos])
         return self.drop(out)
 

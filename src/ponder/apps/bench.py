@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.errors import ConfigError
-from ponder.train.checkpoint import atomic_write_text
+from ponder.train import atomic_write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,6 +1,6 @@
 """Render an HTML file in headless Chromium: a PNG screenshot, the rendered DOM, console messages.
 
-    python -m ponder.analysis.screenshot REPORT.html OUT.png [--width 1400] [--height 2400]
+    python -m ponder.apps.screenshot REPORT.html OUT.png [--width 1400] [--height 2400]
 
 Used by the report's rendering test and to make the demo report's screenshot for docs/.
 Needs a Chromium binary (Debian package ``chromium``); raises :class:`PonderError` without one.
@@ -73,7 +73,7 @@ def render(html_path: str | Path, png_path: str | Path, *, width: int = 1400, he
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ponder.analysis.screenshot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ponder.apps.screenshot", description=__doc__.splitlines()[0])
     parser.add_argument("html", type=Path)
     parser.add_argument("png", type=Path)
     parser.add_argument("--width", type=int, default=1400)

@@ -49,8 +49,7 @@ EXPERIMENTS: dict[str, tuple[tuple[str, str], ...]] = {
 STOP_AT_ACC = 0.995
 NOTES_MARK = "<!-- notes -->"
 DEFAULT_BUDGET = 420.0
-REPO = Path(__file__).resolve().parents[2]
-PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
+REPO = Path(__file__).resolve().parents[3]  # the checkout, when run from one (for the commit)
 
 
 @dataclass
@@ -76,16 +75,9 @@ def _budget(text: str) -> float:
     return value
 
 
-def default_configs_dir() -> Path:
-    """./configs when the working directory has one, else the configs shipped in the package
-    (``ponder/configs``, package data: a wheel install finds them from any directory)."""
-    here = Path.cwd() / "configs"
-    return here if here.is_dir() else PACKAGE_CONFIGS
-
-
 def plan(args: argparse.Namespace) -> list[Job]:
     """Check the arguments and every config (no training yet); one Job per run."""
-    from ponder.train.config import load_config, validate_names
+    from ponder.train import configs_dir, load_config, validate_names
 
     if args.experiment not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {args.experiment!r}; choose from "
@@ -98,7 +90,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
     budget = _budget(args.budget)
     if args.jobs < 1 or args.threads < 1 or args.n < 1:
         raise ConfigError("--jobs, --threads and --n must be >= 1")
-    configs = Path(args.configs) if args.configs else default_configs_dir()
+    configs = Path(args.configs) if args.configs else configs_dir()
     out = Path(args.out or f"runs/reproduce/{args.experiment}")
     jobs = []
     for name, description in runs:
@@ -114,7 +106,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
 
 
 def _prepare_out(jobs: list[Job]) -> None:
-    from ponder.train.rundir import CONFIG_FILE
+    from ponder.train import CONFIG_FILE
 
     for job in jobs:
         if job.run_dir.exists() and not (job.run_dir / CONFIG_FILE).exists():
@@ -171,9 +163,8 @@ def _run_job_here(job: Job, n: int, threads: int) -> None:
     import torch
 
     from ponder.analysis import analyze_run
-    from ponder.eval.evaluate import evaluate_run
-    from ponder.train.config import load_config
-    from ponder.train.trainer import train
+    from ponder.eval import evaluate_run
+    from ponder.train import load_config, train
 
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
@@ -251,7 +242,7 @@ def learning_curve(run_dir: Path, points: int = 8) -> list[tuple[int, float]]:
 
 def collect(job: Job) -> dict[str, Any]:
     """One results row from the run directory (train result, eval summaries, analysis)."""
-    from ponder.train.config import load_config
+    from ponder.train import load_config
 
     cfg = load_config(job.config, job.overrides)
     result = _read_json(job.run_dir / "result.json")
@@ -348,7 +339,7 @@ def results_markdown(experiment: str, rows: list[dict[str, Any]], *, command: st
 
 def _task_description(job: Job) -> str:
     import ponder.tasks
-    from ponder.train.config import load_config
+    from ponder.train import load_config
 
     cfg = load_config(job.config, job.overrides)
     task = ponder.tasks.get(cfg.task.name, cfg.task.preset, **dict(cfg.task.knobs))
@@ -358,7 +349,7 @@ def _task_description(job: Job) -> str:
 
 
 def write_doc(path: Path, text: str) -> None:
-    from ponder.train.checkpoint import atomic_write_text
+    from ponder.train import atomic_write_text
 
     notes = ""
     if path.exists():
@@ -419,7 +410,7 @@ def run(args: argparse.Namespace) -> int:
         from ponder.analysis import write_report
 
         report = str(write_report(done, out / "report.html"))
-    from ponder.train.checkpoint import atomic_write_text
+    from ponder.train import atomic_write_text
 
     atomic_write_text(out / "results.json", json.dumps(rows, indent=1))
     doc = doc_path(args, out)

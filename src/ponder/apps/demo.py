@@ -162,7 +162,7 @@ def print_table(records: list[dict[str, Any]]) -> None:
 
 def _prepare_out(out: Path, policies: list[str]) -> None:
     from ponder.errors import ConfigError
-    from ponder.train.rundir import CONFIG_FILE
+    from ponder.train import CONFIG_FILE
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
@@ -181,10 +181,8 @@ def _prepare_out(out: Path, policies: list[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    from ponder.eval.evaluate import evaluate_run
-    from ponder.train.checkpoint import atomic_write_text
-    from ponder.train.config import load_config
-    from ponder.train.trainer import train
+    from ponder.eval import evaluate_run
+    from ponder.train import atomic_write_text, load_config, train
 
     from ponder.errors import ConfigError
 
