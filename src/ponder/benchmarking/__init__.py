@@ -10,3 +10,11 @@
 """
 
 __all__ = ["experts", "inference", "timing", "training"]
+
+
+def __getattr__(name: str):
+    """The submodules on first use (``ponder.benchmarking.experts`` without importing it)."""
+    if name in __all__:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
