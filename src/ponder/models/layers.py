@@ -136,8 +136,8 @@ class AttnContext:
         what each row used beyond the kind's ``flops_per_token()`` (experts evaluated, leaves
         descended, width run). ``rows`` as in ``FFN.forward`` (None: all ``B·L`` in order).
         Only rows that really enter the block count (``row_weight``), so the total is the same
-        in dense and compacted execution. Switched off during the model's readouts (the coda
-        is counted once, nominally, before them: readouts run any number of times)."""
+        in dense and compacted execution. Switched off during the model's per-step readouts
+        (they run any number of times; the final readout counts once)."""
         if self.flops is None or not self.entering.get("count_row_flops", True):
             return
         flat = self.flops.view(-1)

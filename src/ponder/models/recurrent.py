@@ -184,14 +184,17 @@ class RecurrentTransformer(nn.Module):
         ctx.set_entering(None)  # the prelude: every real token
         h0 = group(self.prelude, self.embed(tokens), ctx)
         # the per-step readouts are not counted: FLOPs are those of the inference answer
-        def readout(h: torch.Tensor) -> torch.Tensor:
+        def readout(h: torch.Tensor, final: bool = False) -> torch.Tensor:
             ctx.set_entering(None)  # the coda: every real token
-            # the coda was counted above, nominally, once: readouts run any number of times
-            ctx.entering["count_row_flops"] = False
+            # per-step readouts run any number of times: only the final one adds the coda's
+            # per-row FLOPs (``ctx.count_row_flops``; its nominal ones are counted above)
+            ctx.entering["count_row_flops"] = final
+            ctx.entering["readout"] = True
             try:
                 return self.readout.head(self.readout.norm(group(self.readout.coda, h, ctx)))
             finally:
                 ctx.entering["count_row_flops"] = True
+                ctx.entering["readout"] = False
 
         result = engine.run(h0=h0, mask=mask, ctx=ctx, readout=readout, training=self.training)
         halting = result.halting
@@ -201,7 +204,7 @@ class RecurrentTransformer(nn.Module):
             index = (halting.halt_step - 1)[:, :, None, None].expand(-1, -1, 1, self.vocab_size)
             logits = result.step_logits.gather(2, index).squeeze(2)
         else:
-            logits = readout(result.exit)
+            logits = readout(result.exit, final=True)
         aux = halting.aux_loss if halting.aux_loss is not None else logits.new_zeros(())
         extras: dict = {"policy_stats": halting.stats, "policy_carry": halting.carry}
         if "expert" in ctx.entering:  # routed FFN kinds: each token's first-choice expert

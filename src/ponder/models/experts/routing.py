@@ -158,7 +158,7 @@ def note_experts(ctx: Optional[AttnContext], rows: Optional[torch.Tensor], n_row
     (``ctx.entering["expert"]`` [B·L] long, −1 where none ran): the last routed FFN call a
     token entered outside the readouts (prelude or core) wins. The model hands it to the
     eval records (``expert`` column)."""
-    if ctx is None or not ctx.entering.get("count_row_flops", True) or expert.numel() != idx.numel():
+    if ctx is None or ctx.entering.get("readout", False) or expert.numel() != idx.numel():
         return
     B, L = ctx.key_mask.shape
     if rows is None and n_rows != B * L:
