@@ -1,7 +1,7 @@
 """``ponder bench``: wall-clock of adaptive vs full-depth execution, and training cost.
 
     ponder bench [--quick] [--json] [--out FILE] [--run RUN_DIR] [--threads N]
-                 [--repeats R] [--part inference|training|experts|all]
+                 [--repeats R] [--part inference|training|ffn|experts|all]
 
 Inference (``ponder.benchmarking.inference``): for d_model ∈ {128, 256} × seq ∈ {64, 256}
 (batch 128 / 32; ``--quick``: 32 / 8), T_max = 12 and per-token halting depths of mean ¼, ½,
@@ -11,6 +11,9 @@ and efficiency = ideal / ratio. ``--run RUN_DIR`` adds the depths the run's trai
 produces on its valid split (with that run's T_max).
 Training (``ponder.benchmarking.training``): forward + backward of every policy against the
 fixed-depth model of the same size, and compacted training for hard-halting policies.
+FFN kinds (``ponder.benchmarking.fff``, ``.structured``): the fast feedforward tree at
+inference against a dense FFN of the same total width; the structured kinds against the dense
+FFN of the same parameters.
 
 Progress goes to stderr; ``--json`` prints the records as one JSON document on stdout.
 """
@@ -43,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only-run", action="store_true", help="with --run: time only the run's depths")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; never more than cores)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per configuration")
-    p.add_argument("--part", choices=("inference", "training", "experts", "all"), default="all",
+    p.add_argument("--part", choices=("inference", "training", "ffn", "experts", "all"), default="all",
                    help="experts: routed-expert FFNs vs dense (not part of all)")
     p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                    help="tuned: glibc keeps freed memory (no page faults on every large tensor; "
@@ -147,6 +150,15 @@ def run(args: argparse.Namespace) -> int:
                                                             f"N={config.max_steps}"))
         doc["training"] = [r.to_json() for r in records]
         print_training(records, out)
+    if args.part in ("ffn", "all"):
+        from ponder.benchmarking import fff, structured
+        repeats = args.repeats or (5 if args.quick else 9)
+        records = fff.bench_fff(quick=args.quick, repeats=repeats, on_round=progress)
+        doc["fff"] = [r.to_json() for r in records]
+        fff.print_fff(records, out)
+        rows = structured.bench_structured(quick=args.quick, repeats=repeats, on_round=progress)
+        doc["structured"] = [r.to_json() for r in rows]
+        structured.print_structured(rows, out)
     if args.part == "experts":
         from ponder.benchmarking import experts
         doc["experts"] = experts.bench_experts(quick=args.quick, repeats=args.repeats or (3 if args.quick else 5),

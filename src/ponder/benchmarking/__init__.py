@@ -5,11 +5,14 @@
   over a grid of widths, lengths and depth profiles;
 - :mod:`~ponder.benchmarking.training`: forward+backward cost of every halting policy
   against the fixed-depth model of the same size, and compacted training;
+- :mod:`~ponder.benchmarking.fff`, :mod:`~ponder.benchmarking.structured` (``--part ffn``):
+  the fast feedforward tree at inference against a dense FFN of the same total width, the
+  structured FFN kinds against the dense FFN of the same parameters.
 - :mod:`~ponder.benchmarking.experts`: routed-expert FFNs against a dense FFN with the same
   active parameters.
 """
 
-__all__ = ["experts", "inference", "timing", "training"]
+__all__ = ["experts", "fff", "inference", "structured", "timing", "training"]
 
 
 def __getattr__(name: str):

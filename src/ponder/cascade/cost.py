@@ -2,7 +2,8 @@
 
 FLOPs reuse :func:`ponder.analysis.compute.token_flops` (the formula documented there); an
 example's cost is the sum over its scored tokens. Wall time is measured per batch in the same
-process as every other model and shared equally by the batch's examples.
+process as every other model (after a warm-up forward, the least of three timed ones) and
+shared equally by the batch's examples.
 """
 
 from __future__ import annotations

@@ -223,6 +223,9 @@ class AttentionKind(nn.Module):
         keys_values(y [R, D], rope)  → [R, 2·D]     keys' heads then values' heads, keys rotated
         out(a [R, D])                → [R, D]       a: the heads' attention outputs, concatenated
         flops_per_token(n_keys)      forward FLOPs of one query row attending to n_keys keys
+
+    A kind whose output projection depends on the query token itself (SwitchHead's experts
+    are picked from it) sets ``out_reads_input = True`` and overrides ``out_rows``.
     """
 
     name: ClassVar[str] = ""
@@ -232,6 +235,14 @@ class AttentionKind(nn.Module):
     n_heads: int
     head_dim: int
     dropout: float
+    out_reads_input: ClassVar[bool] = False
+
+    def out_rows(self, a: torch.Tensor, y: Optional[torch.Tensor], ctx: AttnContext,
+                 rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The output projection of query rows: a [R, D] attention output, y [R, D] the rows'
+        normed block input (given when ``out_reads_input``), rows their flat indices (as an
+        FFN's) → [R, D]. Default: ``out(a)``."""
+        return self.out(a)
 
     def forward(self, y: torch.Tensor, ctx: AttnContext,
                 y_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -247,7 +258,7 @@ class AttentionKind(nn.Module):
         k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
         p = self.dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask, dropout_p=p)
-        return self.out(a.transpose(1, 2).reshape(B * L, D)).view(B, L, D)
+        return self.out_rows(a.transpose(1, 2).reshape(B * L, D), rows, ctx).view(B, L, D)
 
 
 @ATTENTIONS.register
@@ -432,7 +443,8 @@ class Block(nn.Module):
                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x [R, D] block input, a [R, D] attention output (before the output projection)
         → block output [R, D]."""
-        return self.ffn_residual(x + self.drop(self.attn.out(a)), ctx, rows)
+        y = self.norm1(x) if self.attn.out_reads_input else None
+        return self.ffn_residual(x + self.drop(self.attn.out_rows(a, y, ctx, rows)), ctx, rows)
 
     def ffn_residual(self, x: torch.Tensor, ctx: AttnContext,
                      rows: Optional[torch.Tensor] = None) -> torch.Tensor:
