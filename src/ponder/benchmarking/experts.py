@@ -4,7 +4,7 @@ For 8 experts, top-1 and top-2, d_model ∈ {128, 256} and batch × seq ∈ {4,0
 (``--quick``: 4,096 only), each MoE FFN kind (its default capacity and aux losses) and the
 ``dense`` FFN of width d_ff = 4·d_model (an expert of a top-k kind has width d_ff / k, so a
 token's active FFN parameters are the dense one's, plus the router) are timed interleaved
-in one run, at inference (forward, no autograd) and in training (forward + backward), on
+in one run (2 warm-up rounds, then the timed ones), at inference (forward, no autograd) and in training (forward + backward), on
 float32 rows ``[tokens, d_model]`` with a context of sequences of 256. ``ratio`` = MoE time /
 dense time of the same configuration and mode.
 
@@ -145,7 +145,9 @@ def bench_experts(*, quick: bool, repeats: int,
                         f.train(training)
                     fns = {name: call(f, x, training) for name, f in ffns.items()}
                     label = f"experts d_model={d_model} tokens={tokens} top-{k} {mode}"
-                    times = interleaved(fns, repeats=repeats, warmup=1,
+                    # 2 warm-up rounds: the first configuration otherwise pays one-time costs
+                    # (allocator growth, first-touch pages) inside its timed rounds
+                    times = interleaved(fns, repeats=repeats, warmup=2,
                                         on_round=on_round(label) if on_round else None)
                     dense = median(times["dense"])
                     for name, t in times.items():  # dense: re-timed in each k's rounds
