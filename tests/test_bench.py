@@ -156,3 +156,30 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
     half = [0.5, 1.0, 0.5, 1.5, 0.5]
     assert inference.paired_ratio(half, full) == 0.5
     assert inference.paired_ratio([1.0, 3.0, 2.0], [1.0, 1.0, 1.0]) == 2.0
+
+
+def test_experts_bench_records_are_consistent():
+    from ponder.benchmarking import experts
+    doc = experts.bench_experts(quick=True, repeats=1, d_models=(16,), sizes=(256,))
+    recs = doc["records"]
+    for mode in ("inference", "training"):
+        for k in (1, 2):
+            dense = [r for r in recs if r["kind"] == "dense" and r["mode"] == mode and r["k"] == k]
+            assert len(dense) == 1 and dense[0]["ratio"] == 1.0
+            got = {r["kind"] for r in recs if r["mode"] == mode and r["k"] == k and r["kind"] != "dense"}
+            assert got == {kind for kind, _ in experts.kinds_for(k)}
+    for r in recs:
+        assert r["seconds"] > 0 and r["us_per_token"] == pytest.approx(r["seconds"] / r["tokens"] * 1e6)
+        base = next(d for d in recs if d["kind"] == "dense" and d["mode"] == r["mode"] and d["k"] == r["k"])
+        assert r["ratio"] == pytest.approx(r["seconds"] / base["seconds"])
+    check = doc["grouped_mm"][0]
+    assert check["d_model"] == 16 and "available" in check
+
+
+def test_experts_active_parameters_equal_the_dense_ffns():
+    """What the bench compares: a token's active FFN width is the dense FFN's d_ff."""
+    from ponder.benchmarking import experts
+    for k in (1, 2):
+        for kind, knobs in experts.kinds_for(k):
+            ffn = experts.build(kind, knobs, 16, k)
+            assert ffn.experts.d_expert * k == 4 * 16, kind

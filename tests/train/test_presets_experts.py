@@ -20,11 +20,13 @@ FEW = ["run.steps=4", "run.batch_size=8", "run.valid_batches=1", "run.eval_every
        "run.threads=1", "run.time_budget_s=300"]
 
 
-@pytest.mark.parametrize("preset,expect", [("sut", {"attention": "moa", "policy": "stickbreak"}),
-                                           ("moeut", {"attention": "switchhead", "policy": "fixed"})])
+@pytest.mark.parametrize("preset,expect", [("sut", {"attention": "moa", "policy": "stickbreak", "ffn": "topk"}),
+                                           ("moeut", {"attention": "switchhead", "policy": "fixed",
+                                                      "ffn": "sigma_moe"})])
 def test_preset_trains_a_few_steps(preset, expect, tmp_path):
     cfg = load_config(CONFIGS / f"{preset}.yaml", FEW)
     assert cfg.model.attention.kind == expect["attention"] and cfg.policy.name == expect["policy"]
+    assert cfg.model.ffn.kind == expect["ffn"]
     if preset == "moeut":
         assert cfg.model.core == 2 and cfg.model.prelude == 0 and cfg.model.coda == 0
     train(cfg, tmp_path / preset, progress="none")
@@ -32,5 +34,7 @@ def test_preset_trains_a_few_steps(preset, expect, tmp_path):
     losses = [r["loss"] for r in rows if r.get("split") == "train" and "loss" in r]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
     assert load_checkpoint(tmp_path / preset).step == 4
-    if preset == "moeut":  # SwitchHead's entropy regulariser is part of the objective
-        assert all("stat_aux/switchhead_entropy" in r for r in rows if r.get("split") == "train")
+    # the kinds' regularisers are part of the objective
+    aux = {"sut": ["stat_aux/topk_balance", "stat_aux/topk_z"],
+           "moeut": ["stat_aux/switchhead_entropy", "stat_aux/sigma_moe_entropy"]}[preset]
+    assert all(key in r for r in rows if r.get("split") == "train" for key in aux)

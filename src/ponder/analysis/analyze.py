@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ponder.analysis import alignment, compute, figures, generalisation, timing
+from ponder.analysis import alignment, compute, experts, figures, generalisation, timing
 from ponder.analysis.load import RunData, load
 from ponder.eval.records import RECORDS_VERSION
 from ponder.train.checkpoint import atomic_write_bytes
@@ -63,6 +63,8 @@ def analyse(run: RunData, *, seed: int = 0) -> dict[str, Any]:
                                                                 declared=declared)
     result["generalisation"] = generalisation.analyse(run)
     result["compute"] = compute.analyse(run)
+    if "expert" in run.records.columns:  # models with a routed-expert FFN kind
+        result["experts"] = experts.analyse(run, seed=seed)
     return to_json(result)
 
 

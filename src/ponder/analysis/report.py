@@ -233,6 +233,34 @@ def _timing_table(entries: list[dict[str, Any]]) -> str:
             + "".join(rows) + "</table>")
 
 
+def _experts_section(entries: list[dict[str, Any]]) -> str:
+    """Expert × complexity (share of each complexity level's tokens per expert) and the mutual
+    information between expert and complexity, for runs with a routed-expert FFN kind."""
+    parts = []
+    for e in entries:
+        for split, t in (e["analysis"].get("experts") or {}).items():
+            experts = t["experts"]
+            head = "".join(f"<th>e{x}</th>" for x in experts)
+            rows = []
+            for c, counts in t["table"].items():
+                total = sum(counts.values()) or 1
+                cells = []
+                for x in experts:
+                    share = counts.get(str(x), counts.get(x, 0)) / total
+                    bg, fg = _colour(share)
+                    cells.append(f'<td style="background:{bg};color:{fg}">{share:.2f}</td>')
+                rows.append(f"<tr><td>{html.escape(str(c))}</td>{''.join(cells)}</tr>")
+            parts.append(
+                f'<p>{html.escape(e["label"])} · {html.escape(split)}: I(expert; complexity) = '
+                f'{t["mutual_information_bits"]:.3f} bits (normalised {t["normalised"]:.2f}; '
+                f'complexity shuffled: {t["shuffled_bits"]:.3f} bits), {t["tokens"]} tokens</p>'
+                f'<table class="experts"><tr><th>complexity</th>{head}</tr>{"".join(rows)}</table>')
+    if not parts:
+        return ""
+    return ("<h2>Experts and complexity</h2><p class=\"note\">Per complexity level, the share of its "
+            "tokens whose first-choice expert (last routed FFN entered) is each expert.</p>" + "".join(parts))
+
+
 def pick_examples(frame: pd.DataFrame, k: int = EXAMPLES_PER_SPLIT) -> list[int]:
     """The k examples with the most distinct complexity levels (ties: lowest id)."""
     if frame.empty:
@@ -317,6 +345,7 @@ def build_html(run_dirs: Sequence[str | Path], *, seed: int = 0) -> str:
 {_figure_grid(entries)}
 <h2>Decision timing</h2>
 {_timing_table(entries)}
+{_experts_section(entries)}
 <h2>Per-example views</h2>
 <p class="note">Each scored token coloured by the steps it took (0 <span class="legend"></span> max steps),
 under it its complexity on the same colour map, from 0 to the split's largest complexity.

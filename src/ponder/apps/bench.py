@@ -1,7 +1,7 @@
 """``ponder bench``: wall-clock of adaptive vs full-depth execution, and training cost.
 
     ponder bench [--quick] [--json] [--out FILE] [--run RUN_DIR] [--threads N]
-                 [--repeats R] [--part inference|training|ffn|routing|all]
+                 [--repeats R] [--part inference|training|ffn|routing|experts|decode|all]
 
 Inference (``ponder.benchmarking.inference``): for d_model ∈ {128, 256} × seq ∈ {64, 256}
 (batch 128 / 32; ``--quick``: 32 / 8), T_max = 12 and per-token halting depths of mean ¼, ½,
@@ -47,9 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only-run", action="store_true", help="with --run: time only the run's depths")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; never more than cores)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per configuration")
-    p.add_argument("--part", choices=("inference", "training", "ffn", "routing", "decode", "all"),
-                   default="all",
-                   help="decode: cached generation of an LM-view --run (ponder.benchmarking.decode)")
+    p.add_argument("--part", choices=("inference", "training", "ffn", "routing", "experts", "decode",
+                                      "all"), default="all",
+                   help="routing, experts, decode: not part of all (decode: cached generation of "
+                        "an LM-view --run)")
     from ponder.benchmarking import decode
     decode.add_arguments(p)  # --draft, --k, --exit-step, --exit of the decode part
     p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
@@ -163,6 +164,11 @@ def run(args: argparse.Namespace) -> int:
                                         on_round=progress("routing"))
         doc["routing"] = [r.to_json() for r in records]
         routing.print_routing(records, out)
+    if args.part == "experts":
+        from ponder.benchmarking import experts
+        doc["experts"] = experts.bench_experts(quick=args.quick, repeats=args.repeats or (3 if args.quick else 5),
+                                               on_round=progress)
+        experts.print_experts(doc["experts"], out)
     doc["machine"]["seconds"] = round(time.time() - t0, 1)
     doc["machine"]["load_avg_end"] = timing.machine(args.threads)["load_avg"]
     text = json.dumps(doc, indent=1)

@@ -10,8 +10,18 @@
   structured FFN kinds against the dense FFN of the same parameters;
 - :mod:`~ponder.benchmarking.routing`: the training step of Mixture-of-Depths against the
   dense model, next to their FLOPs ratio;
+- :mod:`~ponder.benchmarking.experts`: routed-expert FFNs against a dense FFN with the same
+  active parameters;
 - :mod:`~ponder.benchmarking.decode` (``--part decode``): tokens/s of CALM exits, speculative
   and self-speculative decoding against plain cached decoding of an LM-view run.
 """
 
-__all__ = ["decode", "fff", "inference", "routing", "structured", "timing", "training"]
+__all__ = ["decode", "experts", "fff", "inference", "routing", "structured", "timing", "training"]
+
+
+def __getattr__(name: str):
+    """The submodules on first use (``ponder.benchmarking.experts`` without importing it)."""
+    if name in __all__:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -102,6 +102,9 @@ def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
         seq_ok = (correct | ~scored).all(-1)
         pred_l, steps_l, corr_l = pred.tolist(), steps.tolist(), correct.tolist()
         flops_l = out.flops.tolist() if out.flops is not None else None
+        expert_l = out.extras["expert"].tolist() if "expert" in out.extras else None
+        if expert_l is not None:
+            cols.setdefault("expert", [math.nan] * n_rows)
         feats = {k: v.tolist() for k, v in batch.features.items()}
         for b, ex in enumerate(examples):
             positions = ex.scored()
@@ -125,6 +128,9 @@ def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
                 cols["seen_label"].append(target in labels)
                 cols["seq_correct"].append(bool(seq_ok[b]))
                 cols["flops"].append(float(flops_l[b][pos]) if flops_l is not None else math.nan)
+                if "expert" in cols:
+                    e = expert_l[b][pos] if expert_l is not None else -1
+                    cols["expert"].append(float(e) if e >= 0 else math.nan)
                 for k, v in ex.params.items():
                     extra.setdefault(PARAM_PREFIX + k, [None] * n_rows).append(v)
                 for k, v in feats.items():

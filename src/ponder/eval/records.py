@@ -20,6 +20,9 @@ Fixed columns (``flops`` is optional: older records lack it):
     flops        float64 forward FLOPs this token really used (``ModelOutput.flops``: blocks
                          entered with the keys it saw, FFN / router costs of its kinds, its
                          share of AdaTape's tape; NaN when the model does not count them)
+    expert       float64 the token's first-choice expert in the last routed-expert FFN it
+                         entered (prelude or core; written only by models with a routed FFN
+                         kind; NaN where none ran)
 Variable columns:
     param_<knob>  the example's size / difficulty parameters (``Example.params``)
     feat_<name>   the task's per-position features (``position`` included), float64 (NaN = undefined)
@@ -29,6 +32,6 @@ RECORDS_VERSION = 1
 FIXED_COLUMNS = ("example", "split", "position", "token", "target", "prediction", "correct",
                  "complexity", "steps", "max_steps", "seen_label", "seq_correct")
 # written when the model counts them (older records lack them)
-OPTIONAL_COLUMNS = ("flops",)
+OPTIONAL_COLUMNS = ("flops", "expert")
 PARAM_PREFIX = "param_"
 FEATURE_PREFIX = "feat_"

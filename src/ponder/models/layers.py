@@ -72,6 +72,7 @@ class AttnContext:
     stats      name → list of floats (routing statistics), averaged into ``model.loss``'s stats
     flops      [B, L] float | None  forward FLOPs each token used so far (the engine and the
                model count them: blocks entered, keys attended, experts evaluated)
+    tokens     [B, L] long | None   the input token ids (hash-routed experts read them)
 
     Aux terms and statistics live here, never as module state, so a module can be applied
     any number of times per forward (every step of a shared core) and in any execution mode.
@@ -84,6 +85,7 @@ class AttnContext:
     aux: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
     flops: Optional[torch.Tensor] = None
+    tokens: Optional[torch.Tensor] = None
     # which tokens are entering the block being run (set by whoever runs it); a dict so that
     # every copy of the context (``keys_of``, ``dataclasses.replace``) shares it
     entering: dict = field(default_factory=dict)
@@ -134,8 +136,9 @@ class AttnContext:
         what each row used beyond the kind's ``flops_per_token()`` (experts evaluated, leaves
         descended, width run). ``rows`` as in ``FFN.forward`` (None: all ``B·L`` in order).
         Only rows that really enter the block count (``row_weight``), so the total is the same
-        in dense and compacted execution."""
-        if self.flops is None:
+        in dense and compacted execution. Switched off during the model's per-step readouts
+        (they run any number of times; the final readout counts once)."""
+        if self.flops is None or not self.entering.get("count_row_flops", True):
             return
         flat = self.flops.view(-1)
         if rows is None:

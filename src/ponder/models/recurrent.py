@@ -175,6 +175,7 @@ class RecurrentTransformer(nn.Module):
             mask = torch.ones_like(tokens, dtype=torch.bool)
         mask = mask.bool()
         ctx = AttnContext.build(mask, causal=self.cfg.causal, rope=self.rotary)
+        ctx.tokens = tokens
         ctx.flops = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
         engine = Engine(policy=self.policy, max_steps=n_steps, execution=self.cfg.execution,
                         core=self.core_group, step_embedding=self.step_vector,
@@ -189,9 +190,17 @@ class RecurrentTransformer(nn.Module):
         ctx.set_entering(None)  # the prelude: every real token
         h0 = group(self.prelude, self.embed(tokens), ctx)
         # the per-step readouts are not counted: FLOPs are those of the inference answer
-        def readout(h: torch.Tensor) -> torch.Tensor:
+        def readout(h: torch.Tensor, final: bool = False) -> torch.Tensor:
             ctx.set_entering(None)  # the coda: every real token
-            return self.readout.head(self.readout.norm(group(self.readout.coda, h, ctx)))
+            # per-step readouts run any number of times: only the final one adds the coda's
+            # per-row FLOPs (``ctx.count_row_flops``; its nominal ones are counted above)
+            ctx.entering["count_row_flops"] = final
+            ctx.entering["readout"] = True
+            try:
+                return self.readout.head(self.readout.norm(group(self.readout.coda, h, ctx)))
+            finally:
+                ctx.entering["count_row_flops"] = True
+                ctx.entering["readout"] = False
 
         result = engine.run(h0=h0, mask=mask, ctx=ctx, readout=readout, training=self.training)
         halting = result.halting
@@ -201,9 +210,11 @@ class RecurrentTransformer(nn.Module):
             index = (halting.halt_step - 1)[:, :, None, None].expand(-1, -1, 1, self.vocab_size)
             logits = result.step_logits.gather(2, index).squeeze(2)
         else:
-            logits = readout(result.exit)
+            logits = readout(result.exit, final=True)
         aux = halting.aux_loss if halting.aux_loss is not None else logits.new_zeros(())
         extras: dict = {"policy_stats": halting.stats, "policy_carry": halting.carry}
+        if "expert" in ctx.entering:  # routed FFN kinds: each token's first-choice expert
+            extras["expert"] = ctx.entering["expert"].view(mask.shape)
         if ctx.stats:
             extras["block_stats"] = {k: sum(v) / len(v) for k, v in ctx.stats.items()}
         if halting.halt_dist is not None:
