@@ -22,6 +22,7 @@ from ponder.tasks import IGNORE_INDEX, SPLITS, Vocab, collate
 from ponder.train.checkpoint import atomic_write_text, load_checkpoint, load_weights
 from ponder.train.config import TrainConfig
 from ponder.train.rundir import read_run_config
+from ponder.train.segments import forward_segments
 from ponder.train.trainer import build_model, build_task
 
 EVAL_DIR = "eval"
@@ -77,10 +78,17 @@ def load_run(run_dir: Path | str,
 
 @torch.no_grad()
 def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
-                   labels: frozenset[str]) -> tuple[dict[str, list], dict[str, Any]]:
-    """Score examples ``0..n-1`` of ``split``. Returns (record columns, summary)."""
+                   labels: frozenset[str], steps: int | None = None) -> tuple[dict[str, list], dict[str, Any]]:
+    """Score examples ``0..n-1`` of ``split``. Returns (record columns, summary).
+
+    ``steps``: run the model at this loop count instead of its ``max_steps`` (a test-time
+    depth, :func:`ponder.models.recurrent.check_depth` decides which models can). A run
+    trained with deep supervision runs its K segments (``max_steps`` is then K·N).
+    """
     task, vocab, model = run.task, run.vocab, run.model
-    N = run.cfg.model.max_steps
+    K = run.cfg.supervision.segments
+    depth = {} if steps is None else {"steps": steps}
+    N = K * (run.cfg.model.max_steps if steps is None else steps)
     cols: dict[str, list] = {k: [] for k in ("example", "split", "position", "token", "target",
                                              "prediction", "correct", "complexity", "steps",
                                              "max_steps", "seen_label", "seq_correct", "flops")}
@@ -93,7 +101,7 @@ def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
         examples = [task.example(split, i) for i in range(start, min(n, start + batch_size))]
         batch = collate(examples, vocab)
         t0 = time.perf_counter()
-        out = model(batch.tokens, batch.mask)
+        out = forward_segments(model, batch.tokens, batch.mask, segments=K, **depth)
         wall += time.perf_counter() - t0
         pred = out.logits.argmax(-1)
         steps = out.steps.to(torch.long)
