@@ -2,6 +2,8 @@
 
 For each split: ``RUN_DIR/eval/<split>.parquet`` (one row per scored token, the schema of
 :mod:`ponder.eval.records`) and ``RUN_DIR/eval/<split>.json`` (the summary), both atomic.
+``depth_curve`` (``ponder eval --depths``): the summary at each fixed loop count, in
+``RUN_DIR/eval/depth_curve.json`` (a test-time-compute curve, beyond the training depth too).
 """
 
 from __future__ import annotations
@@ -204,3 +206,56 @@ def evaluate_run(run_dir: Path | str, splits: Sequence[str] = DEFAULT_SPLITS, *,
                 f"mean steps {summary['mean_steps']:.2f} of {summary['max_steps']} "
                 f"({summary['n_tokens']} tokens) → {out_dir / (split + '.parquet')}")
     return results
+
+
+DEPTH_CURVE_FILE = "depth_curve.json"
+CURVE_KEYS = ("token_acc", "seq_acc", "mean_steps", "acc_seen", "acc_unseen", "n_tokens")
+
+
+def parse_depths(text: str) -> list[int]:
+    """``"1:12"`` (inclusive range) or ``"1,2,4,8"`` → sorted distinct loop counts (ConfigError)."""
+    try:
+        if ":" in text:
+            lo, hi = (int(x) for x in text.split(":"))
+            depths = list(range(lo, hi + 1))
+        else:
+            depths = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--depths {text!r}: expected A:B or a comma list of integers") from None
+    if not depths or min(depths) < 1:
+        raise ConfigError(f"--depths {text!r}: loop counts must be >= 1 (and the range non-empty)")
+    return sorted(set(depths))
+
+
+def depth_curve(run_dir: Path | str, depths: Sequence[int], splits: Sequence[str] = DEFAULT_SPLITS, *,
+                n: int = DEFAULT_N, batch_size: int | None = None, threads: int | None = None,
+                model_factory: Callable[[TrainConfig, int], torch.nn.Module] | None = None,
+                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Accuracy and mean steps at each fixed loop count in ``depths`` (the policy still
+    halts within it), per split; written to ``RUN_DIR/eval/depth_curve.json``."""
+    for split in splits:
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, model_factory)
+    torch.set_num_threads(threads or run.cfg.run.threads)
+    labels = train_label_set(run.task)
+    bs = batch_size or max(run.cfg.run.batch_size, 256)
+    curve: dict[str, list] = {}
+    for split in splits:
+        rows = []
+        for d in depths:
+            _, summary = evaluate_split(run, split, n=n, batch_size=bs, labels=labels, steps=d)
+            rows.append({"steps": d, **{k: summary[k] for k in CURVE_KEYS}})
+            if log:
+                log(f"{split} @ {d} steps: token acc {summary['token_acc']:.4f}, "
+                    f"mean steps {summary['mean_steps']:.2f}")
+        curve[split] = rows
+    result = {"checkpoint_step": run.step, "trained_max_steps": run.cfg.model.max_steps,
+              "segments": run.cfg.supervision.segments, "n": n, "splits": curve}
+    out_dir = run_dir / EVAL_DIR
+    out_dir.mkdir(exist_ok=True)
+    atomic_write_text(out_dir / DEPTH_CURVE_FILE, json.dumps(result, indent=1))
+    return result
