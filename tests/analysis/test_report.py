@@ -30,7 +30,7 @@ def test_report_has_the_table_the_embedded_figures_and_example_views(three_runs)
     for label in ("adaptive (noisy)", "baseline (fixed)", "by_size (input_size)"):
         assert label in table
     images = IMG.findall(page)
-    assert len(images) == 1 + 5 * 3  # comparison + five figures per run
+    assert len(images) == 1 + 6 * 3  # comparison + six figures per run (depth_curve: a placeholder here)
     assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for data in images)
     assert page.count('<div class="ex">') == 3 * 2 * 2  # runs × splits × examples
 

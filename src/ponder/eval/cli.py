@@ -1,4 +1,8 @@
-"""``ponder eval RUN_DIR [--split S ...] [--n N]``: per-token records + a summary per split."""
+"""``ponder eval RUN_DIR [--split S ...] [--n N] [--depths A:B]``: per-token records + a summary per split.
+
+``--depths A:B`` (or ``1,2,4``) also evaluates at each fixed loop count (accuracy against
+inference depth, beyond the training depth too) into ``RUN_DIR/eval/depth_curve.json``.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,14 @@ from ponder.eval.evaluate import DEFAULT_N, DEFAULT_SPLITS
 def run(args: argparse.Namespace) -> int:
     from ponder.eval.evaluate import evaluate_run
 
+    from ponder.eval.evaluate import depth_curve, parse_depths
+
+    depths = parse_depths(args.depths) if args.depths is not None else None  # bad input first
     evaluate_run(args.run_dir, args.split or DEFAULT_SPLITS, n=args.n, batch_size=args.batch_size,
                  log=print)
+    if depths is not None:
+        depth_curve(args.run_dir, depths, args.split or DEFAULT_SPLITS, n=args.n,
+                    batch_size=args.batch_size, log=print)
     return 0
 
 
@@ -23,4 +33,6 @@ def register(subparsers) -> None:
                    help=f"split to evaluate (repeatable; default: {' '.join(DEFAULT_SPLITS)})")
     p.add_argument("--n", type=int, default=DEFAULT_N, help="examples per split")
     p.add_argument("--batch-size", type=int, default=None, help="inference batch size")
+    p.add_argument("--depths", metavar="A:B", default=None,
+                   help="also evaluate at each fixed loop count A..B (or a comma list) → eval/depth_curve.json")
     p.set_defaults(func=run)
