@@ -23,7 +23,6 @@ Progress goes to stderr; ``--json`` prints the records as one JSON document on s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from ponder.errors import ConfigError
-from ponder.train import atomic_write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -171,12 +169,7 @@ def run(args: argparse.Namespace) -> int:
         experts.print_experts(doc["experts"], out)
     doc["machine"]["seconds"] = round(time.time() - t0, 1)
     doc["machine"]["load_avg_end"] = timing.machine(args.threads)["load_avg"]
-    text = json.dumps(doc, indent=1)
-    if args.out:
-        atomic_write_text(Path(args.out), text + "\n")
-        print(f"wrote {args.out}", file=out)
-    if args.json:
-        print(text)
+    timing.emit(doc, out_path=args.out, as_json=args.json, out=out)
     return 0
 
 

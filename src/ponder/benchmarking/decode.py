@@ -216,13 +216,11 @@ def add_arguments(p) -> None:
 
 def run_from_args(args) -> int:
     """``ponder bench --part decode`` (the hook in ``ponder.apps.bench``)."""
-    import json
     import sys
 
     import torch
 
-    from ponder.benchmarking.timing import machine
-    from ponder.train.checkpoint import atomic_write_text
+    from ponder.benchmarking.timing import emit, machine
 
     if args.run is None:
         raise ConfigError("--part decode needs --run RUN_DIR (an LM-view run)")
@@ -243,10 +241,5 @@ def run_from_args(args) -> int:
     info["load_avg_end"] = machine(args.threads)["load_avg"]
     result = {"machine": info, "decode": [doc]}
     print_decode(doc, out)
-    text = json.dumps(result, indent=1)
-    if args.out:
-        atomic_write_text(Path(args.out), text + "\n")
-        print(f"wrote {args.out}", file=out)
-    if args.json:
-        print(text)
+    emit(result, out_path=args.out, as_json=args.json, out=out)
     return 0

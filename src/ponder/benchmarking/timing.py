@@ -67,3 +67,18 @@ def machine(threads: int) -> dict:
             "python": platform.python_version(), "platform": platform.platform(),
             "load_avg": [round(x, 2) for x in load],
             "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def emit(doc: dict, *, out_path: Optional[str], as_json: bool, out) -> None:
+    """Write a benchmark's JSON document to ``out_path`` (atomic) and/or print it on stdout."""
+    import json
+    from pathlib import Path
+
+    from ponder.train.checkpoint import atomic_write_text
+
+    text = json.dumps(doc, indent=1)
+    if out_path:
+        atomic_write_text(Path(out_path), text + "\n")
+        print(f"wrote {out_path}", file=out)
+    if as_json:
+        print(text)

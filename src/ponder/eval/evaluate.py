@@ -182,21 +182,26 @@ def summarise(cols: dict[str, list], *, n_examples: int, seq_ok: int, max_steps:
     }
 
 
-def evaluate_run(run_dir: Path | str, splits: Sequence[str] = DEFAULT_SPLITS, *, n: int = DEFAULT_N,
-                 batch_size: int | None = None, threads: int | None = None,
-                 model_factory: Callable[[TrainConfig, int], torch.nn.Module] | None = None,
-                 log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Evaluate ``splits`` of the run in ``run_dir``; returns ``{split: summary}``."""
+def _open(run_dir: Path, splits: Sequence[str], n: int, batch_size: int | None,
+          threads: int | None, model_factory) -> tuple[LoadedRun, frozenset[str], int]:
+    """Check the arguments, load the run: (run, the training label set, batch size)."""
     for split in splits:
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
-    run_dir = Path(run_dir)
     run = load_run(run_dir, model_factory)
     torch.set_num_threads(threads or run.cfg.run.threads)
-    labels = train_label_set(run.task)
-    bs = batch_size or max(run.cfg.run.batch_size, 256)
+    return run, train_label_set(run.task), batch_size or max(run.cfg.run.batch_size, 256)
+
+
+def evaluate_run(run_dir: Path | str, splits: Sequence[str] = DEFAULT_SPLITS, *, n: int = DEFAULT_N,
+                 batch_size: int | None = None, threads: int | None = None,
+                 model_factory: Callable[[TrainConfig, int], torch.nn.Module] | None = None,
+                 log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Evaluate ``splits`` of the run in ``run_dir``; returns ``{split: summary}``."""
+    run_dir = Path(run_dir)
+    run, labels, bs = _open(run_dir, splits, n, batch_size, threads, model_factory)
     meta = run_metadata(run.cfg, run.step)
     out_dir = run_dir / EVAL_DIR
     out_dir.mkdir(exist_ok=True)
@@ -239,16 +244,8 @@ def depth_curve(run_dir: Path | str, depths: Sequence[int], splits: Sequence[str
                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Accuracy and mean steps at each fixed loop count in ``depths`` (the policy still
     halts within it), per split; written to ``RUN_DIR/eval/depth_curve.json``."""
-    for split in splits:
-        if split not in SPLITS:
-            raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    if n < 1:
-        raise ConfigError(f"--n must be >= 1, got {n}")
     run_dir = Path(run_dir)
-    run = load_run(run_dir, model_factory)
-    torch.set_num_threads(threads or run.cfg.run.threads)
-    labels = train_label_set(run.task)
-    bs = batch_size or max(run.cfg.run.batch_size, 256)
+    run, labels, bs = _open(run_dir, splits, n, batch_size, threads, model_factory)
     curve: dict[str, list] = {}
     for split in splits:
         rows = []
