@@ -77,8 +77,10 @@ def load_run(run_dir: Path | str,
 
 @torch.no_grad()
 def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
-                   labels: frozenset[str]) -> tuple[dict[str, list], dict[str, Any]]:
-    """Score examples ``0..n-1`` of ``split``. Returns (record columns, summary)."""
+                   labels: frozenset[str], examples: Sequence[Any] | None = None
+                   ) -> tuple[dict[str, list], dict[str, Any]]:
+    """Score examples ``0..n-1`` of ``split`` (or the given ``examples``, drawn elsewhere, e.g.
+    by a size sweep; their rows are labelled ``split``). Returns (record columns, summary)."""
     task, vocab, model = run.task, run.vocab, run.model
     N = run.cfg.model.max_steps
     cols: dict[str, list] = {k: [] for k in ("example", "split", "position", "token", "target",
@@ -90,8 +92,10 @@ def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
     n_seq = seq_ok_total = 0
     max_used = 0
     for start in range(0, n, batch_size):
-        examples = [task.example(split, i) for i in range(start, min(n, start + batch_size))]
-        batch = collate(examples, vocab)
+        stop = min(n, start + batch_size)
+        batch_examples = (list(examples[start:stop]) if examples is not None
+                          else [task.example(split, i) for i in range(start, stop)])
+        batch = collate(batch_examples, vocab)
         t0 = time.perf_counter()
         out = model(batch.tokens, batch.mask)
         wall += time.perf_counter() - t0
@@ -106,7 +110,7 @@ def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
         if expert_l is not None:
             cols.setdefault("expert", [math.nan] * n_rows)
         feats = {k: v.tolist() for k, v in batch.features.items()}
-        for b, ex in enumerate(examples):
+        for b, ex in enumerate(batch_examples):
             positions = ex.scored()
             if not positions:
                 continue
