@@ -2,7 +2,8 @@
 
 ``analysis.json`` has the keys ``alignment``, ``generalisation``, ``decision_timing`` and
 ``compute``, each a dict keyed by split, plus ``run`` (what was read) and ``figures``
-(PNG paths relative to RUN_DIR). Every number is computed from the eval records.
+(PNG paths relative to RUN_DIR); ``size_sweep`` (knob → per-size table) when
+``ponder eval --sweep`` was run. Every number is computed from the eval records.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ponder.analysis import alignment, compute, experts, figures, generalisation, timing
+from ponder.analysis import sweep as size_sweep
 from ponder.analysis.load import RunData, load
 from ponder.eval.records import RECORDS_VERSION
 from ponder.train.checkpoint import atomic_write_bytes
@@ -65,6 +67,9 @@ def analyse(run: RunData, *, seed: int = 0) -> dict[str, Any]:
     result["compute"] = compute.analyse(run)
     if "expert" in run.records.columns:  # models with a routed-expert FFN kind
         result["experts"] = experts.analyse(run, seed=seed)
+    sweeps = size_sweep.analyse(run.run_dir, seed=seed)
+    if sweeps:
+        result["size_sweep"] = sweeps
     return to_json(result)
 
 

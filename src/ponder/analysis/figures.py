@@ -188,12 +188,47 @@ def render_compute(analysis: dict[str, Any]) -> Figure:
     return fig
 
 
+def render_size_sweep(analysis: dict[str, Any]) -> Figure:
+    """Accuracy, mean steps and ρ(steps, complexity) against the swept size (``ponder eval
+    --sweep``), one line per swept knob; training range shaded, ood range hatched."""
+    fig = _new(13.0, 3.4)
+    axes = fig.subplots(1, 3)
+    fig.subplots_adjust(wspace=0.3)
+    sweeps = analysis.get("size_sweep") or {}
+    if not sweeps:
+        _empty(axes[0], "no size sweep (ponder eval RUN_DIR --sweep KNOB=LO..HI)")
+        _empty(axes[1], "")
+        _empty(axes[2], "")
+        return fig
+    keys = (("accuracy", "token accuracy"), ("mean_steps", "mean steps"), ("rho", "ρ(steps, complexity)"))
+    for ax, (key, label) in zip(axes, keys):
+        for knob, sw in sweeps.items():
+            rows = [r for r in sw["rows"] if r[key] is not None]
+            ax.plot([r["size"] for r in rows], [r[key] for r in rows], marker="o", ms=3, label=knob)
+            if sw.get("train_range"):
+                ax.axvspan(sw["train_range"][0], sw["train_range"][1], color="0.85", zorder=0,
+                           label=f"train range ({knob})")
+            if sw.get("ood_range"):
+                ax.axvspan(sw["ood_range"][0], sw["ood_range"][1], facecolor="none", hatch="//",
+                           edgecolor="0.7", zorder=0, label=f"ood range ({knob})")
+        ax.set_xlabel("size")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[2].set_ylim(-1.05, 1.05)
+    axes[0].set_title("Accuracy vs size", fontsize=10)
+    axes[1].set_title("Steps vs size", fontsize=10)
+    axes[2].set_title("Alignment vs size", fontsize=10)
+    return fig
+
+
 RENDERERS = {
     "alignment": render_alignment,
     "steps_by_complexity": render_steps_by_complexity,
     "generalisation": render_generalisation,
     "decision_timing": render_decision_timing,
     "compute": render_compute,
+    "size_sweep": render_size_sweep,
 }
 
 
