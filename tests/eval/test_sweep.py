@@ -181,6 +181,8 @@ def test_analysis_and_report_show_the_per_size_table(swept):
     assert (run_dir / result["figures"]["size_sweep"]).is_file()
     page = build_html([run_dir])
     assert "Size sweep: accuracy and steps vs size" in page
+    section = page[page.index("Size sweep: accuracy"):]
+    assert 'alt="size sweep of ' in section  # the figure, embedded
     assert page.count('<tr style="background:#e8e8e8"><td>') == 3  # the training-range rows
 
 

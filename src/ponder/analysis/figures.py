@@ -228,8 +228,9 @@ RENDERERS = {
     "generalisation": render_generalisation,
     "decision_timing": render_decision_timing,
     "compute": render_compute,
-    "size_sweep": render_size_sweep,
 }
+# drawn only when the analysis has the section (runs swept with ``ponder eval --sweep``)
+OPTIONAL_RENDERERS = {"size_sweep": render_size_sweep}
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -242,7 +243,8 @@ def write_figures(analysis: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """Render every figure into ``out_dir/<name>.png``; returns name → path."""
     out_dir = Path(out_dir)
     paths = {}
-    for name, render in RENDERERS.items():
+    optional = {k: r for k, r in OPTIONAL_RENDERERS.items() if analysis.get(k)}
+    for name, render in {**RENDERERS, **optional}.items():
         path = out_dir / f"{name}.png"
         atomic_write_bytes(path, png_bytes(render(analysis)))
         paths[name] = path

@@ -99,7 +99,8 @@ def _figure_png(run: RunData, analysis: dict[str, Any], name: str) -> bytes:
     path = run.run_dir / saved if saved else None
     if path is not None and path.is_file():  # analyze_run writes figures with the JSON
         return path.read_bytes()
-    return figures.png_bytes(figures.RENDERERS[name](analysis))
+    render = figures.RENDERERS.get(name) or figures.OPTIONAL_RENDERERS[name]
+    return figures.png_bytes(render(analysis))
 
 
 def _reference(splits: Sequence[str]) -> str | None:
@@ -266,6 +267,9 @@ def _size_sweep_section(entries: list[dict[str, Any]]) -> str:
     (``ponder eval --sweep``); nothing when no run was swept."""
     parts = []
     for e in entries:
+        if e["analysis"].get("size_sweep"):
+            png = _figure_png(e["run"], e["analysis"], "size_sweep")
+            parts.append(f'<div class="figwrap">{_img(png, "size sweep of " + e["label"])}</div>')
         for knob, sw in (e["analysis"].get("size_sweep") or {}).items():
             rows = []
             for r in sw["rows"]:
@@ -288,8 +292,8 @@ def _size_sweep_section(entries: list[dict[str, Any]]) -> str:
         return ""
     return ("<h2>Size sweep: accuracy and steps vs size</h2><p class=\"note\">From "
             "<code>ponder eval RUN_DIR --sweep KNOB=LO..HI</code>: the run scored with the size "
-            "pinned to each value (grey rows: the training range). The figure is the "
-            "<em>size_sweep</em> row of the figures above.</p>" + "".join(parts))
+            "pinned to each value; grey rows and the grey band: the training range, hatched: "
+            "the ood range.</p>" + "".join(parts))
 
 
 def pick_examples(frame: pd.DataFrame, k: int = EXAMPLES_PER_SPLIT) -> list[int]:
@@ -372,8 +376,7 @@ def build_html(run_dirs: Sequence[str | Path], *, seed: int = 0) -> str:
 {_img(comparison, "steps per complexity level, all runs")}
 <h2>Figures</h2>
 <p class="note">Per run (columns): alignment heat maps, steps per complexity level, generalisation
-(accuracy and steps vs size, seen vs unseen labels), decision timing (R²), compute vs fixed depth,
-size sweep (accuracy, steps and ρ per size; empty without <code>ponder eval --sweep</code>).</p>
+(accuracy and steps vs size, seen vs unseen labels), decision timing (R²), compute vs fixed depth.</p>
 {_figure_grid(entries)}
 <h2>Decision timing</h2>
 {_timing_table(entries)}
