@@ -211,7 +211,7 @@ def render_size_sweep(analysis: dict[str, Any]) -> Figure:
             if sw.get("ood_range"):
                 ax.axvspan(sw["ood_range"][0], sw["ood_range"][1], facecolor="none", hatch="//",
                            edgecolor="0.7", zorder=0, label=f"ood range ({knob})")
-        ax.set_xlabel("size")
+        ax.set_xlabel(" / ".join(sweeps) + " (size)")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
     axes[0].set_ylim(-0.02, 1.02)
