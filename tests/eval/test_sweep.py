@@ -119,6 +119,18 @@ def test_at_size_leaves_the_task_alone_and_rejects_unknown_knobs():
         task.at_size("n", 3)
 
 
+def test_at_size_of_an_lm_view_pins_the_inner_task():
+    from ponder.tasks.lm import LMView, maybe_lm
+
+    task = maybe_lm(ponder.tasks.get("list_rank", **KNOBS), True)
+    assert task.size_knobs == {"m": ("m_min", "m_max")}
+    pinned = task.at_size("m", 6)
+    assert isinstance(pinned, LMView)
+    ex = pinned.example("ood", 0)
+    assert ex.params == {"m": 6}
+    assert ex == LMView(task.inner.at_size("m", 6)).example("ood", 0)
+
+
 def test_parity_k_beyond_the_vector_length_grows_the_vector():
     task = ponder.tasks.get("parity", preset="small")  # n = 8, k in 1..8
     for i in range(5):
