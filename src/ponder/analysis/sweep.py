@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from scipy import stats
 
@@ -81,11 +80,3 @@ def analyse(run_dir: str | Path, *, seed: int = 0) -> dict[str, Any]:
         out[path.stem] = analyse_knob(index, frames, seed=seed)
     return out
 
-
-def training_share(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean over sizes of accuracy / steps inside vs outside the training range."""
-    def mean(key, inside):
-        vals = [r[key] for r in rows if r["in_train_range"] is inside and r[key] is not None]
-        return float(np.mean(vals)) if vals else None
-    return {"acc_in": mean("accuracy", True), "acc_outside": mean("accuracy", False),
-            "steps_in": mean("mean_steps", True), "steps_outside": mean("mean_steps", False)}
