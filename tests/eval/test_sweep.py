@@ -233,3 +233,18 @@ def test_bad_split_with_a_sweep_writes_nothing(run_dir, tmp_path, capsys):
     assert main(["eval", str(run_dir), "--sweep", "m=2..3", "--split", "nope"]) == 2
     assert "unknown split" in capsys.readouterr().err
     assert sorted(p.name for p in (run_dir / "eval" / "sweep" / "m").iterdir()) == before
+
+
+def test_report_picks_up_a_sweep_run_after_the_analysis(swept, tmp_path):
+    import shutil
+
+    run_dir, _ = swept
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("sweep", "analysis.json", "figures"))
+    first = analyze_run(copy)
+    assert "size_sweep" not in first and "size_sweep" not in first["figures"]
+    assert "Size sweep" not in build_html([copy])
+    sweep_run(copy, ["m=3..4"], n=4, model_factory=length_model)
+    page = build_html([copy])  # analysis.json is older than the sweep: analysed again
+    assert "Size sweep: accuracy and steps vs size" in page
+    assert [r["size"] for r in json.loads((copy / "analysis.json").read_text())["size_sweep"]["m"]["rows"]] == [3, 4]
