@@ -168,7 +168,7 @@ def test_sweep_records_hold_the_pinned_sizes_and_the_scripted_steps(swept):
         assert summary["token_acc"] == pytest.approx(df.correct.mean())
 
 
-def test_sweep_is_deterministic(swept, tmp_path):
+def test_sweep_is_deterministic(swept):
     run_dir, _ = swept
     first = pq.read_table(run_dir / "eval" / "sweep" / "m" / "5.parquet")
     sweep_run(run_dir, ["m=5..5"], n=N, model_factory=length_model)
@@ -198,7 +198,8 @@ def test_analysis_and_report_show_the_per_size_table(swept):
     assert page.count('<tr style="background:#e8e8e8"><td>') == 3  # the training-range rows
 
 
-def test_cli_sweep_and_analyze_print_per_size(run_dir, tmp_path, capsys):
+def test_cli_sweep_and_analyze_print_per_size(swept, capsys):
+    run_dir, _ = swept
     assert main(["eval", str(run_dir), "--sweep", "m=3..5", "--n", "4"]) == 0
     out = capsys.readouterr().out
     assert "m=3:" in out and "m=5:" in out and "(train range)" in out
@@ -207,6 +208,11 @@ def test_cli_sweep_and_analyze_print_per_size(run_dir, tmp_path, capsys):
     assert sorted(p.name for p in (run_dir / "eval" / "sweep" / "m").iterdir()) == \
         ["3.json", "3.parquet", "4.json", "4.parquet", "5.json", "5.parquet"]
     sweep_run(run_dir, ["m=2..6"], n=N, batch_size=5, model_factory=length_model)  # restore
+    assert main(["analyze", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "size sweep m=2..6 (training range [2, 4]):" in out
+    for m in range(2, 7):
+        assert f"m={m}: accuracy " in out and f"mean steps {min(m, N_STEPS):.2f}, rho undefined" in out
 
 
 # ---- bad input -------------------------------------------------------------------------
@@ -228,7 +234,7 @@ def test_bad_sweeps_exit_2_and_write_nothing(fresh_run, spec, message, capsys):
     assert not (out / "eval").exists()
 
 
-def test_bad_split_with_a_sweep_writes_nothing(run_dir, tmp_path, capsys):
+def test_bad_split_with_a_sweep_writes_nothing(run_dir, capsys):
     before = sorted(p.name for p in (run_dir / "eval" / "sweep" / "m").iterdir())
     assert main(["eval", str(run_dir), "--sweep", "m=2..3", "--split", "nope"]) == 2
     assert "unknown split" in capsys.readouterr().err
