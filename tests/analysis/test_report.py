@@ -30,7 +30,7 @@ def test_report_has_the_table_the_embedded_figures_and_example_views(three_runs)
     for label in ("adaptive (noisy)", "baseline (fixed)", "by_size (input_size)"):
         assert label in table
     images = IMG.findall(page)
-    assert len(images) == 1 + 5 * 3  # comparison + five figures per run
+    assert len(images) == 1 + 6 * 3  # comparison + six figures per run (depth_curve: a placeholder here)
     assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for data in images)
     assert page.count('<div class="ex">') == 3 * 2 * 2  # runs × splits × examples
 
@@ -92,7 +92,7 @@ def test_report_renders_in_headless_chromium(three_runs, tmp_path):
     pixels = np.asarray(Image.open(shot.png).convert("L"), dtype=float)
     assert pixels.shape == (1600, 1200)
     assert pixels.std() > 10 and (pixels < 128).mean() > 0.01  # not a blank page
-    assert 'id="summary"' in shot.dom and shot.dom.count("<img") == 16
+    assert 'id="summary"' in shot.dom and shot.dom.count("<img") == 1 + 6 * 3  # as the static test
     assert shot.console == [], shot.console
     # the console check can fail: a page with a script error is caught
     bad = tmp_path / "bad.html"

@@ -127,3 +127,46 @@ def test_argument_heights_by_parsing(name):
                 stack[-1].append(height)
             elif tok.isdigit():
                 stack[-1].append(0)
+
+
+def test_maze_frontier_from_a_bfs_over_the_tiles():
+    from ponder.tasks.families.maze import EOL, WALL
+
+    for ex in _examples("maze"):
+        rows, row = [], []
+        for tok in ex.input:
+            if tok == EOL:
+                rows.append(row)
+                row = []
+            else:
+                row.append(tok)
+        start = next((r, c) for r, line in enumerate(rows) for c, t in enumerate(line) if t == "S")
+        dist, queue = {start: 0}, deque([start])
+        while queue:
+            r, c = queue.popleft()
+            for q in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
+                if 0 <= q[0] < len(rows) and 0 <= q[1] < len(rows[0]) and q not in dist \
+                        and rows[q[0]][q[1]] != WALL:
+                    dist[q] = dist[(r, c)] + 1
+                    queue.append(q)
+        side = len(rows[0]) + 1  # tokens per row, EOL included
+        scored_d = {i: dist[(i // side, i % side)] for i in ex.scored()}
+        for i, d in scored_d.items():
+            assert ex.features["frontier"][i] == sum(1 for e in scored_d.values() if e == d)
+            assert ex.features["settled_before"][i] == sum(1 for e in scored_d.values() if e < d)
+
+
+def test_sudoku_candidates_and_blank_peers_by_scanning_row_column_box():
+    for ex in _examples("sudoku"):
+        n = ex.features["size"][0]
+        b = int(n ** 0.5)
+        cell = lambda r, c: ex.input[r * n + c]  # noqa: E731
+        for i in ex.scored():
+            r, c = divmod(i, n)
+            peers = {(r, k) for k in range(n)} | {(k, c) for k in range(n)} | {
+                (r0, c0) for r0 in range(r // b * b, r // b * b + b)
+                for c0 in range(c // b * b, c // b * b + b)}
+            peers.discard((r, c))
+            values = {cell(*q) for q in peers if cell(*q).isdigit()}
+            assert ex.features["candidates"][i] == n - len(values)
+            assert ex.features["blank_peers"][i] == sum(1 for q in peers if not cell(*q).isdigit())

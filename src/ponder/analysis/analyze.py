@@ -2,8 +2,11 @@
 
 ``analysis.json`` has the keys ``alignment``, ``generalisation``, ``decision_timing`` and
 ``compute``, each a dict keyed by split, plus ``run`` (what was read) and ``figures``
-(PNG paths relative to RUN_DIR); ``size_sweep`` (knob → per-size table) when
-``ponder eval --sweep`` was run. Every number is computed from the eval records.
+(PNG paths relative to RUN_DIR). Every number is computed from the eval records, except
+``depth_curve`` (split → rows of accuracy and mean steps at each fixed loop count, with
+``trained_max_steps``), copied from ``eval/depth_curve.json`` when ``ponder eval --depths``
+wrote one ({} otherwise). ``size_sweep`` (knob → per-size table) is present when
+``ponder eval --sweep`` was run.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from ponder.analysis.load import RunData, load
 from ponder.eval.records import RECORDS_VERSION
 from ponder.train.checkpoint import atomic_write_bytes
 
-ANALYSIS_VERSION = 2  # bump when analysis.json changes: cached files are then recomputed
+ANALYSIS_VERSION = 3  # bump when analysis.json changes: cached files are then recomputed
 SECTIONS = ("alignment", "generalisation", "decision_timing", "compute")
 FIGURE_DIR = "figures"
 
@@ -64,6 +67,9 @@ def analyse(run: RunData, *, seed: int = 0) -> dict[str, Any]:
                                                                 groups_from=run.records,
                                                                 declared=declared)
     result["generalisation"] = generalisation.analyse(run)
+    result["depth_curve"] = ({"trained_max_steps": run.depth_curve.get("trained_max_steps"),
+                              "segments": run.depth_curve.get("segments", 1),
+                              "splits": run.depth_curve["splits"]} if run.depth_curve else {})
     result["compute"] = compute.analyse(run)
     if "expert" in run.records.columns:  # models with a routed-expert FFN kind
         result["experts"] = experts.analyse(run, seed=seed)

@@ -222,12 +222,35 @@ def render_size_sweep(analysis: dict[str, Any]) -> Figure:
     return fig
 
 
+def render_depth_curve(analysis: dict[str, Any]) -> Figure:
+    """Accuracy against the inference loop count (``ponder eval --depths``), per split; the
+    training depth dashed."""
+    fig = _new(5.2, 3.4)
+    ax = fig.subplots()
+    curve = analysis.get("depth_curve") or {}
+    if not curve.get("splits"):
+        _empty(ax, "no depth curve (ponder eval --depths A:B)")
+        return fig
+    for split, rows in curve["splits"].items():
+        ax.plot([r["steps"] for r in rows], [r["token_acc"] for r in rows], SPLIT_STYLE.get(split, "-"),
+                marker="o", ms=3, label=split)
+    if curve.get("trained_max_steps"):
+        ax.axvline(curve["trained_max_steps"], color="0.3", lw=0.8, ls="--", label="trained N")
+    ax.set_xlabel("inference loop count (per segment)" if curve.get("segments", 1) > 1 else "inference loop count")
+    ax.set_ylabel("token accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Accuracy against inference depth", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
 RENDERERS = {
     "alignment": render_alignment,
     "steps_by_complexity": render_steps_by_complexity,
     "generalisation": render_generalisation,
     "decision_timing": render_decision_timing,
     "compute": render_compute,
+    "depth_curve": render_depth_curve,
 }
 # drawn only when the analysis has the section (runs swept with ``ponder eval --sweep``)
 OPTIONAL_RENDERERS = {"size_sweep": render_size_sweep}

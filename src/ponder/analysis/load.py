@@ -34,6 +34,7 @@ class RunData:
     summaries  split -> the ``eval/<split>.json`` dict (derived from the records if absent)
     info       the ``ponder_run`` metadata of the records (policy, task, max_steps, ...)
     config     the parsed ``config.yaml`` ({} when the run has none)
+    depth_curve  ``eval/depth_curve.json`` (``ponder eval --depths``), {} when absent
     """
 
     run_dir: Path
@@ -41,6 +42,7 @@ class RunData:
     summaries: dict[str, dict[str, Any]]
     info: dict[str, Any]
     config: dict[str, Any] = field(default_factory=dict)
+    depth_curve: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -153,6 +155,18 @@ def _read_summary(path: Path, frame: pd.DataFrame) -> dict[str, Any]:
     return derived | given  # the eval's own numbers (e.g. wall_s) win
 
 
+def _read_depth_curve(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        curve = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(curve, dict) or not isinstance(curve.get("splits"), dict):
+        raise CheckpointError(f"{path} must be a JSON object with a 'splits' mapping")
+    return curve
+
+
 def _read_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "config.yaml"
     if not path.exists():
@@ -198,4 +212,4 @@ def load(run_dir: str | Path, *, splits: list[str] | None = None) -> RunData:
     if "max_steps" not in info and len(records):
         info["max_steps"] = int(records["max_steps"].max())
     return RunData(run_dir=run_dir, records=records, summaries=summaries, info=info,
-                   config=_read_config(run_dir))
+                   config=_read_config(run_dir), depth_curve=_read_depth_curve(eval_dir / "depth_curve.json"))

@@ -1,5 +1,10 @@
-"""``ponder eval RUN_DIR [--split S ...] [--n N] [--sweep KNOB=LO..HI[:STEP] ...]``: per-token
-records + a summary per split (or, with ``--sweep``, per size of a size knob)."""
+"""``ponder eval RUN_DIR [--split S ...] [--n N] [--depths A:B] [--sweep KNOB=LO..HI]``: per-token records + a summary per split.
+
+``--sweep KNOB=LO..HI[:STEP]`` scores the run at each size of a size knob of its task into
+``RUN_DIR/eval/sweep/`` (``ponder.eval.sweep``; the splits only when ``--split`` is given).
+``--depths A:B`` (or ``1,2,4``) also evaluates at each fixed loop count (accuracy against
+inference depth, beyond the training depth too) into ``RUN_DIR/eval/depth_curve.json``.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +15,23 @@ from ponder.eval.evaluate import DEFAULT_N, DEFAULT_SPLITS
 
 def run(args: argparse.Namespace) -> int:
     from ponder.errors import ConfigError
-    from ponder.eval.evaluate import evaluate_run
+    from ponder.eval.evaluate import depth_curve, evaluate_run, parse_depths
     from ponder.tasks import SPLITS
 
-    if not args.sweep:
-        evaluate_run(args.run_dir, args.split or DEFAULT_SPLITS, n=args.n,
-                     batch_size=args.batch_size, log=print)
-        return 0
-    from ponder.eval.sweep import sweep_run
+    depths = parse_depths(args.depths) if args.depths is not None else None  # bad input first
+    splits = args.split or (() if args.sweep else DEFAULT_SPLITS)
+    if args.sweep:
+        from ponder.eval.sweep import sweep_run
 
-    for split in args.split or ():  # checked before the sweep writes anything
-        if split not in SPLITS:
-            raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    sweep_run(args.run_dir, args.sweep, n=args.n, batch_size=args.batch_size, log=print)
-    if args.split:
-        evaluate_run(args.run_dir, args.split, n=args.n, batch_size=args.batch_size, log=print)
+        for split in splits:  # checked before the sweep writes anything
+            if split not in SPLITS:
+                raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+        sweep_run(args.run_dir, args.sweep, n=args.n, batch_size=args.batch_size, log=print)
+    if splits:
+        evaluate_run(args.run_dir, splits, n=args.n, batch_size=args.batch_size, log=print)
+    if depths is not None:
+        depth_curve(args.run_dir, depths, args.split or DEFAULT_SPLITS, n=args.n,
+                    batch_size=args.batch_size, log=print)
     return 0
 
 
@@ -40,4 +47,6 @@ def register(subparsers) -> None:
     p.add_argument("--sweep", action="append", metavar="KNOB=LO..HI[:STEP]",
                    help="size sweep: score the run at each size of a size knob of its task "
                         "(e.g. m=4..40 for list_rank; repeatable) → RUN_DIR/eval/sweep/")
+    p.add_argument("--depths", metavar="A:B", default=None,
+                   help="also evaluate at each fixed loop count A..B (or a comma list) → eval/depth_curve.json")
     p.set_defaults(func=run)

@@ -2,6 +2,8 @@
 
 For each split: ``RUN_DIR/eval/<split>.parquet`` (one row per scored token, the schema of
 :mod:`ponder.eval.records`) and ``RUN_DIR/eval/<split>.json`` (the summary), both atomic.
+``depth_curve`` (``ponder eval --depths``): the summary at each fixed loop count, in
+``RUN_DIR/eval/depth_curve.json`` (a test-time-compute curve, beyond the training depth too).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ponder.tasks import IGNORE_INDEX, SPLITS, Vocab, collate
 from ponder.train.checkpoint import atomic_write_text, load_checkpoint, load_weights
 from ponder.train.config import TrainConfig
 from ponder.train.rundir import read_run_config
+from ponder.train.segments import forward_segments
 from ponder.train.trainer import build_model, build_task
 
 EVAL_DIR = "eval"
@@ -77,12 +80,20 @@ def load_run(run_dir: Path | str,
 
 @torch.no_grad()
 def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
-                   labels: frozenset[str], examples: Sequence[Any] | None = None
-                   ) -> tuple[dict[str, list], dict[str, Any]]:
-    """Score examples ``0..n-1`` of ``split`` (or the given ``examples``, drawn elsewhere, e.g.
-    by a size sweep; their rows are labelled ``split``). Returns (record columns, summary)."""
+                   labels: frozenset[str], steps: int | None = None,
+                   examples: Sequence[Any] | None = None) -> tuple[dict[str, list], dict[str, Any]]:
+    """Score examples ``0..n-1`` of ``split``. Returns (record columns, summary).
+
+    ``steps``: run the model at this loop count instead of its ``max_steps`` (a test-time
+    depth, :func:`ponder.models.recurrent.check_depth` decides which models can). A run
+    trained with deep supervision runs its K segments (``max_steps`` is then K·N).
+    ``examples``: score these (drawn elsewhere, e.g. by a size sweep) instead; their rows
+    are labelled ``split``.
+    """
     task, vocab, model = run.task, run.vocab, run.model
-    N = run.cfg.model.max_steps
+    K = run.cfg.supervision.segments
+    depth = {} if steps is None else {"steps": steps}
+    N = K * (run.cfg.model.max_steps if steps is None else steps)
     cols: dict[str, list] = {k: [] for k in ("example", "split", "position", "token", "target",
                                              "prediction", "correct", "complexity", "steps",
                                              "max_steps", "seen_label", "seq_correct", "flops")}
@@ -97,7 +108,7 @@ def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
                           else [task.example(split, i) for i in range(start, stop)])
         batch = collate(batch_examples, vocab)
         t0 = time.perf_counter()
-        out = model(batch.tokens, batch.mask)
+        out = forward_segments(model, batch.tokens, batch.mask, segments=K, **depth)
         wall += time.perf_counter() - t0
         pred = out.logits.argmax(-1)
         steps = out.steps.to(torch.long)
@@ -206,3 +217,56 @@ def evaluate_run(run_dir: Path | str, splits: Sequence[str] = DEFAULT_SPLITS, *,
                 f"mean steps {summary['mean_steps']:.2f} of {summary['max_steps']} "
                 f"({summary['n_tokens']} tokens) → {out_dir / (split + '.parquet')}")
     return results
+
+
+DEPTH_CURVE_FILE = "depth_curve.json"
+CURVE_KEYS = ("token_acc", "seq_acc", "mean_steps", "acc_seen", "acc_unseen", "n_tokens")
+
+
+def parse_depths(text: str) -> list[int]:
+    """``"1:12"`` (inclusive range) or ``"1,2,4,8"`` → sorted distinct loop counts (ConfigError)."""
+    try:
+        if ":" in text:
+            lo, hi = (int(x) for x in text.split(":"))
+            depths = list(range(lo, hi + 1))
+        else:
+            depths = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--depths {text!r}: expected A:B or a comma list of integers") from None
+    if not depths or min(depths) < 1:
+        raise ConfigError(f"--depths {text!r}: loop counts must be >= 1 (and the range non-empty)")
+    return sorted(set(depths))
+
+
+def depth_curve(run_dir: Path | str, depths: Sequence[int], splits: Sequence[str] = DEFAULT_SPLITS, *,
+                n: int = DEFAULT_N, batch_size: int | None = None, threads: int | None = None,
+                model_factory: Callable[[TrainConfig, int], torch.nn.Module] | None = None,
+                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Accuracy and mean steps at each fixed loop count in ``depths`` (the policy still
+    halts within it), per split; written to ``RUN_DIR/eval/depth_curve.json``."""
+    for split in splits:
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, model_factory)
+    torch.set_num_threads(threads or run.cfg.run.threads)
+    labels = train_label_set(run.task)
+    bs = batch_size or max(run.cfg.run.batch_size, 256)
+    curve: dict[str, list] = {}
+    for split in splits:
+        rows = []
+        for d in depths:
+            _, summary = evaluate_split(run, split, n=n, batch_size=bs, labels=labels, steps=d)
+            rows.append({"steps": d, **{k: summary[k] for k in CURVE_KEYS}})
+            if log:
+                log(f"{split} @ {d} steps: token acc {summary['token_acc']:.4f}, "
+                    f"mean steps {summary['mean_steps']:.2f}")
+        curve[split] = rows
+    result = {"checkpoint_step": run.step, "trained_max_steps": run.cfg.model.max_steps,
+              "segments": run.cfg.supervision.segments, "n": n, "splits": curve}
+    out_dir = run_dir / EVAL_DIR
+    out_dir.mkdir(exist_ok=True)
+    atomic_write_text(out_dir / DEPTH_CURVE_FILE, json.dumps(result, indent=1))
+    return result

@@ -162,10 +162,13 @@ class RecurrentTransformer(nn.Module):
 
     # -- the forward contract ----------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, mask: Optional[torch.Tensor] = None, *,
-                steps: Optional[int] = None, backprop: int = 0) -> ModelOutput:
+                steps: Optional[int] = None, backprop: int = 0,
+                state: Optional[torch.Tensor] = None) -> ModelOutput:
         """``steps``: the loop count of this forward (default ``cfg.max_steps``; depth
         randomisation in training, test-time depth at inference); ``backprop`` k > 0: gradient
-        only through the last k steps (the earlier ones run without autograd)."""
+        only through the last k steps (the earlier ones run without autograd). ``state``
+        [B, L, D]: start the core from it instead of the prelude's output (deep supervision:
+        the previous segment's exit state, ``extras["state"]``); the prelude then does not run."""
         n_steps = self.cfg.max_steps if steps is None else int(steps)
         if n_steps != self.cfg.max_steps:
             check_depth(self, n_steps)
@@ -184,11 +187,15 @@ class RecurrentTransformer(nn.Module):
         # at inference the compacted path also runs the prelude and coda through the
         # dispatcher (the compiled kernels); the reference runs them as plain modules
         group = run_group if engine.compacts(self.training) else (lambda g, h, c: g(h, c))
-        for block in list(self.prelude.blocks) + list(self.readout.coda.blocks):
+        if state is not None and tuple(state.shape) != (*mask.shape, self.cfg.d_model):
+            raise ConfigError(f"state must be [batch, seq, d_model]={(*mask.shape, self.cfg.d_model)}, "
+                              f"got {tuple(state.shape)}")
+        ran = list(self.readout.coda.blocks) + (list(self.prelude.blocks) if state is None else [])
+        for block in ran:
             ctx.count_block(block, mask)
         ctx.count_flops(mask, 2.0 * self.cfg.d_model * self.vocab_size)
         ctx.set_entering(None)  # the prelude: every real token
-        h0 = group(self.prelude, self.embed(tokens), ctx)
+        h0 = group(self.prelude, self.embed(tokens), ctx) if state is None else state
         # the per-step readouts are not counted: FLOPs are those of the inference answer
         def readout(h: torch.Tensor, final: bool = False) -> torch.Tensor:
             ctx.set_entering(None)  # the coda: every real token
@@ -212,7 +219,8 @@ class RecurrentTransformer(nn.Module):
         else:
             logits = readout(result.exit, final=True)
         aux = halting.aux_loss if halting.aux_loss is not None else logits.new_zeros(())
-        extras: dict = {"policy_stats": halting.stats, "policy_carry": halting.carry}
+        extras: dict = {"policy_stats": halting.stats, "policy_carry": halting.carry,
+                        "state": result.exit}
         if "expert" in ctx.entering:  # routed FFN kinds: each token's first-choice expert
             extras["expert"] = ctx.entering["expert"].view(mask.shape)
         if ctx.stats:

@@ -97,6 +97,14 @@ class DepthConfig:
 
 
 @dataclass
+class SupervisionConfig:
+    """Deep supervision / outer refinement (``ponder.train.segments``): K segments per batch."""
+
+    segments: int = 1              # supervised segments per batch (1 = off)
+    step_per_segment: bool = True  # an optimiser step after each segment (HRM/TRM); false: one per batch
+
+
+@dataclass
 class TrainConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -105,6 +113,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
+    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
 
 
 def _one_line(text: str) -> str:
@@ -233,6 +242,9 @@ def check_ranges(cfg: TrainConfig) -> None:
     from ponder.train.depth import check_depth_config
 
     check_depth_config(cfg.depth, max_steps=m.max_steps)
+    from ponder.train.segments import check_config as check_supervision
+
+    check_supervision(cfg.supervision)
 
 
 def validate_names(cfg: TrainConfig) -> None:
@@ -272,5 +284,5 @@ def from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 __all__ = ["TaskConfig", "PolicyConfig", "OptimConfig", "ScheduleConfig", "RunConfig", "DepthConfig",
-           "TrainConfig", "ModelConfig", "load_config", "merge_config", "check_ranges",
+           "SupervisionConfig", "TrainConfig", "ModelConfig", "load_config", "merge_config", "check_ranges",
            "validate_names", "to_dict", "to_yaml", "from_dict", "asdict"]

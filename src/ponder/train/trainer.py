@@ -30,6 +30,7 @@ from ponder.train import distributed as D
 from ponder.train.checkpoint import (atomic_write_text, has_checkpoint, load_checkpoint,
                                      load_weights, save_checkpoint)
 from ponder.train import depth as depth_rand
+from ponder.train import segments
 from ponder.train.config import TrainConfig, validate_names
 from ponder.train.metrics import MetricsWriter
 from ponder.train.prefetch import Prefetcher
@@ -121,6 +122,7 @@ class Trainer:
         self.vocab = Vocab.for_task(self.task)
         self.model = self.model_factory(cfg, len(self.vocab)).to(self.device)
         depth_rand.check_model(cfg.depth, self.model)
+        segments.check_model(cfg.supervision, self.model)
         D.broadcast_params(self.model, self.world)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
@@ -185,8 +187,12 @@ class Trainer:
     def _train_step(self, batch) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
         """Forward, global-token-weighted backward, gradient all-reduce, clip, update.
 
+        With deep supervision (``supervision.segments`` K > 1) the batch runs K segments, the
+        state carried and detached between them, a loss per segment, and an optimiser update
+        after each (or one on the mean loss); the schedule advances once per batch.
+
         Returns the global counts ``[scored, correct, steps on scored, ..., loss·scored,
-        real tokens]`` (summed over ranks) and the model's stats on this rank.
+        real tokens]`` (summed over ranks; of the last segment) and the model's stats on this rank.
         """
         tokens = batch.tokens.to(self.device)
         mask = batch.mask.to(self.device)
@@ -195,12 +201,37 @@ class Trainer:
         # depth randomisation: this step's loop count, drawn from (seed, step) only
         depth = depth_rand.forward_kwargs(self.cfg.depth, max_steps=self.cfg.model.max_steps,
                                           seed=self.cfg.run.seed, step=self.step)
-        out = self.model(tokens, mask, **depth)
-        # oracle-supervised policies read the task's per-token complexity in their loss
-        out.extras["complexity"] = batch.complexity.to(self.device)
-        loss, stats = self.model.loss(out, targets)
+        sup = self.cfg.supervision
+        K = sup.segments
+        state = None
+        pending = None  # the summed segment losses awaiting one update (step_per_segment=false)
+        seg_losses: dict[str, float] = {}
+        for k in range(K):
+            kwargs = dict(depth) if state is None else {**depth, "state": state}
+            out = self.model(tokens, mask, **kwargs)
+            # oracle-supervised policies read the task's per-token complexity in their loss
+            out.extras["complexity"] = batch.complexity.to(self.device)
+            loss, stats = self.model.loss(out, targets)
+            sums, loss = self._global_loss(out, loss, targets, mask)
+            if K > 1:
+                state = out.extras["state"].detach()
+                seg_losses[f"segment{k + 1}_loss"] = float(loss.detach())
+                if not sup.step_per_segment:
+                    pending = loss / K if pending is None else pending + loss / K
+                    if k < K - 1:
+                        continue
+                    loss = pending
+            norm = self._update(loss)
+        self.scheduler.step()
+        stats.update(seg_losses)
         if "steps" in depth:
             stats["loop_steps"] = float(depth["steps"])
+        return sums, stats, norm
+
+    def _global_loss(self, out, loss: torch.Tensor, targets: torch.Tensor,
+                     mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global counts of this forward (summed over ranks), a divergence check, and the
+        loss reweighted for data parallelism."""
         with torch.no_grad():
             counts = batch_counts(out.logits, out.steps, targets)
             n_local = counts[0].clone()
@@ -220,6 +251,10 @@ class Trainer:
             w_scored = n_local / sums[0] if sums[0] > 0 else n_local * 0
             w_real = extra[1] / sums[6] if sums[6] > 0 else extra[1] * 0
             loss = (loss - aux) * w_scored.to(loss.dtype) + aux * w_real.to(loss.dtype)
+        return sums, loss
+
+    def _update(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backward, gradient all-reduce, clip, one optimiser step; the gradient norm."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         D.all_reduce_grads(self.params, self.world)
@@ -230,8 +265,7 @@ class Trainer:
         if not torch.isfinite(norm):
             raise DivergedError(f"gradient norm is {float(norm)} at step {self.step + 1}")
         self.optimizer.step()
-        self.scheduler.step()
-        return sums, stats, norm
+        return norm
 
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -304,7 +338,7 @@ class Trainer:
                 last = self.step >= r.steps or over_budget
                 if self.step % r.eval_every == 0 or last:
                     self.last_valid = validate(self.model, self.valid_batches, world=self.world,
-                                               device=self.device)
+                                               device=self.device, segments=cfg.supervision.segments)
                     metrics.log("valid", self.step, {**self.last_valid, "elapsed_s": elapsed()})
                     bar.line(f"step {self.step}  valid acc {self.last_valid['token_acc']:.4f}  "
                              f"seq {self.last_valid['seq_acc']:.3f}  steps "
@@ -324,7 +358,7 @@ class Trainer:
                 self.finished = reason
                 if not self.last_valid:
                     self.last_valid = validate(self.model, self.valid_batches, world=self.world,
-                                               device=self.device)
+                                               device=self.device, segments=cfg.supervision.segments)
                 self._save(elapsed())
         finally:
             data.close()

@@ -8,6 +8,7 @@ import torch
 
 from ponder.tasks.batching import IGNORE_INDEX, Batch
 from ponder.train.distributed import World, all_reduce_sum
+from ponder.train.segments import forward_segments
 
 
 def batch_counts(logits: torch.Tensor, steps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -26,14 +27,15 @@ def batch_counts(logits: torch.Tensor, steps: torch.Tensor, targets: torch.Tenso
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, batches: Iterable[Batch], *, world: World,
-             device: torch.device) -> dict[str, float]:
-    """Metrics over ``batches`` (this rank's share), summed over every rank."""
+             device: torch.device, segments: int = 1) -> dict[str, float]:
+    """Metrics over ``batches`` (this rank's share), summed over every rank. ``segments``:
+    deep supervision's segments (:func:`ponder.train.segments.forward_segments`)."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(6, dtype=torch.float64, device=device)
     for batch in batches:
         tokens, mask, targets = batch.tokens.to(device), batch.mask.to(device), batch.targets.to(device)
-        out = model(tokens, mask)
+        out = forward_segments(model, tokens, mask, segments=segments)
         loss, _ = model.loss(out, targets)
         counts = batch_counts(out.logits, out.steps, targets)
         sums[:5] += counts

@@ -1,0 +1,146 @@
+"""The 2025–26 frontier mechanisms side by side (docs/results/frontier.md).
+
+    python benchmarks/frontier.py --out runs/frontier [--steps 600] [--only NAME ...]
+        [--tasks list_rank sudoku] [--seeds 0 1 2] [--n 500] [--jobs 1]
+
+Per task × mechanism × seed: ``ponder train`` (small recurrent model, budget in optimiser
+steps, one thread), ``ponder eval --depths 1:2N`` (valid and ood), ``ponder analyze``; then
+one Markdown table per task (accuracy, mean steps, ρ(steps, complexity), ood) and the
+accuracy-vs-depth curves, printed and written to ``OUT/frontier.md``. Runs already finished
+in OUT are reused (``ponder train`` resumes / reports already finished). ``--seeds`` applies to
+the mechanisms in ``SEEDED`` (fixed depth with and without depth randomisation); the others
+run seed 0 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+N_STEPS = 6  # the model's max_steps (the depth curve goes to 2N)
+
+TASKS = {
+    "list_rank": ["task.name=list_rank", "model.positions=none", "model.token_parts=true"],
+    "sudoku": ["task.name=sudoku", "model.positions=learned", "model.token_parts=false"],
+}
+COMMON = ["model.kind=recurrent", "model.d_model=32", "model.n_heads=4", "model.d_ff=64",
+          "model.prelude=1", "model.core=1", "model.coda=0", f"model.max_steps={N_STEPS}",
+          "optim.lr=3e-3", "schedule.warmup=50", "run.batch_size=32", "run.threads=1",
+          "run.valid_batches=4", "run.log_every=50"]
+DEPTH_RAND = ["depth.sampler=poisson_lognormal", "depth.mean=4", "depth.min_steps=1"]
+MECHANISMS = {
+    "fixed": ["policy.name=fixed"],
+    "fixed+depth_rand": ["policy.name=fixed", *DEPTH_RAND],
+    "kl_exit": ["policy.name=kl_exit"],
+    "kl_exit(final)+depth_rand": ["policy.name=kl_exit", "policy.knobs.train_on=final", *DEPTH_RAND],
+    "latent_exit": ["policy.name=latent_exit"],
+    "q_halt": ["policy.name=q_halt"],
+    "q_halt_sample": ["policy.name=q_halt_sample"],
+    "oracle(complexity)": ["policy.name=oracle", "policy.knobs.label=complexity"],
+    "anira_o": ["policy.name=anira_o"],
+    "pondernet": ["policy.name=pondernet"],
+    "ouro": ["policy.name=ouro"],
+}
+SEEDED = ("fixed", "fixed+depth_rand")
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def ponder(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "ponder", *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def one_run(out: Path, task: str, mech: str, seed: int, steps: int, n: int) -> Path:
+    run_dir = out / task / f"{slug(mech)}_s{seed}"
+    overrides = [*COMMON, *TASKS[task], *MECHANISMS[mech], f"run.seed={seed}", f"run.steps={steps}",
+                 f"run.eval_every={steps}", f"run.ckpt_every={steps}"]
+    ponder("train", *overrides, "--out", str(run_dir), "--progress", "none")
+    if not (run_dir / "eval" / "depth_curve.json").exists():
+        ponder("eval", str(run_dir), "--n", str(n), "--depths", f"1:{2 * N_STEPS}")
+        ponder("analyze", str(run_dir))
+    return run_dir
+
+
+def row(run_dir: Path) -> dict:
+    a = json.loads((run_dir / "analysis.json").read_text())
+    s = a["run"]["summaries"]
+    curve = a["depth_curve"]["splits"]
+    return {"valid_acc": s["valid"]["token_acc"], "valid_steps": s["valid"]["mean_steps"],
+            "rho": a["alignment"]["valid"]["rho"], "ood_acc": s["ood"]["token_acc"],
+            "ood_seen": s["ood"].get("acc_seen"), "ood_steps": s["ood"]["mean_steps"],
+            "curve_valid": [r["token_acc"] for r in curve["valid"]],
+            "curve_ood": [r["token_acc"] for r in curve["ood"]]}
+
+
+def fmt(x, spec=".3f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def tables(out: Path, tasks, mechs, seeds) -> str:
+    lines = []
+    for task in tasks:
+        lines += [f"### {task}", "",
+                  "| mechanism | valid acc | valid mean steps | ρ(steps, complexity) valid | ood acc | "
+                  "ood acc (seen labels) | ood mean steps |", "|---|---|---|---|---|---|---|"]
+        rows = {}
+        for mech in mechs:
+            run_dir = out / task / f"{slug(mech)}_s0"
+            if not (run_dir / "analysis.json").exists():
+                continue
+            r = rows[mech] = row(run_dir)
+            lines.append(f"| {mech} | {fmt(r['valid_acc'])} | {fmt(r['valid_steps'], '.2f')} | "
+                         f"{fmt(r['rho'])} | {fmt(r['ood_acc'])} | {fmt(r['ood_seen'])} | "
+                         f"{fmt(r['ood_steps'], '.2f')} |")
+        lines += ["", f"Accuracy against inference depth (token accuracy at max_steps = 1..{2 * N_STEPS}; "
+                  f"trained N = {N_STEPS}), valid / ood:", "",
+                  "| mechanism | " + " | ".join(str(d) for d in range(1, 2 * N_STEPS + 1)) + " |",
+                  "|---|" + "---|" * (2 * N_STEPS)]
+        for mech, r in rows.items():
+            for split in ("valid", "ood"):
+                lines.append(f"| {mech} · {split} | " + " | ".join(fmt(v, ".2f") for v in r[f"curve_{split}"]) + " |")
+        seeded = [m for m in SEEDED if m in mechs]
+        if len(seeds) > 1 and seeded:
+            lines += ["", f"Ood accuracy over seeds {', '.join(map(str, seeds))} (mean ± sample std):", "",
+                      "| mechanism | per seed | mean | std |", "|---|---|---|---|"]
+            for mech in seeded:
+                accs = [row(out / task / f"{slug(mech)}_s{s}")["ood_acc"] for s in seeds
+                        if (out / task / f"{slug(mech)}_s{s}" / "analysis.json").exists()]
+                if len(accs) > 1:
+                    lines.append(f"| {mech} | {', '.join(fmt(a) for a in accs)} | "
+                                 f"{fmt(statistics.mean(accs))} | {fmt(statistics.stdev(accs))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("runs/frontier"))
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--only", nargs="+", default=list(MECHANISMS), choices=list(MECHANISMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--table-only", action="store_true", help="only print the tables of finished runs")
+    args = p.parse_args()
+    jobs = [(task, mech, seed) for task in args.tasks for mech in args.only
+            for seed in (args.seeds if mech in SEEDED else [0])]
+    if not args.table_only:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for run_dir in pool.map(lambda j: one_run(args.out, *j, args.steps, args.n), jobs):
+                print(f"done {run_dir}", flush=True)
+    text = tables(args.out, args.tasks, args.only, args.seeds)
+    (args.out / "frontier.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
