@@ -131,6 +131,13 @@ def test_at_size_of_an_lm_view_pins_the_inner_task():
     assert ex == LMView(task.inner.at_size("m", 6)).example("ood", 0)
 
 
+def test_a_size_the_family_cannot_draw_is_refused_up_front():
+    task = ponder.tasks.get("sudoku")  # 4×4: at most 12 blanks
+    assert task.at_size("holes", 12).example("ood", 0).params["holes"] == 12
+    with pytest.raises(ConfigError, match="holes=13 exceeds 12"):
+        task.at_size("holes", 13)
+
+
 def test_parity_k_beyond_the_vector_length_grows_the_vector():
     task = ponder.tasks.get("parity", preset="small")  # n = 8, k in 1..8
     for i in range(5):

@@ -140,6 +140,10 @@ class Task:
     def check(self) -> None:
         """Cross-knob validation (e.g. ood range strictly beyond train). Raise ConfigError."""
 
+    def check_size(self, size: str, value: int) -> None:
+        """Refuse (ConfigError) a pinned size the family cannot draw in reasonable time, for
+        :meth:`at_size`; the default accepts any (a failed draw raises on its own)."""
+
     def split_params(self, split: str) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -184,6 +188,7 @@ class Task:
         if size not in self.size_knobs:
             raise ConfigError(f"task {self.name!r} has no size knob {size!r}; size knobs: "
                               f"{', '.join(self.size_knobs) or 'none'}")
+        self.check_size(size, value)
         train_params = self.split_params("test")  # train/valid/test share the knob ranges
         clone = copy.copy(self)
         # an instance attribute shadows the method: sample() then sees the pinned range
