@@ -5,7 +5,8 @@
 (PNG paths relative to RUN_DIR). Every number is computed from the eval records, except
 ``depth_curve`` (split → rows of accuracy and mean steps at each fixed loop count, with
 ``trained_max_steps``), copied from ``eval/depth_curve.json`` when ``ponder eval --depths``
-wrote one ({} otherwise).
+wrote one ({} otherwise). ``size_sweep`` (knob → per-size table) is present when
+``ponder eval --sweep`` was run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ponder.analysis import alignment, compute, experts, figures, generalisation, timing
+from ponder.analysis import sweep as size_sweep
 from ponder.analysis.load import RunData, load
 from ponder.eval.records import RECORDS_VERSION
 from ponder.train.checkpoint import atomic_write_bytes
@@ -71,6 +73,9 @@ def analyse(run: RunData, *, seed: int = 0) -> dict[str, Any]:
     result["compute"] = compute.analyse(run)
     if "expert" in run.records.columns:  # models with a routed-expert FFN kind
         result["experts"] = experts.analyse(run, seed=seed)
+    sweeps = size_sweep.analyse(run.run_dir, seed=seed)
+    if sweeps:
+        result["size_sweep"] = sweeps
     return to_json(result)
 
 

@@ -19,6 +19,15 @@ def _analyze(args: argparse.Namespace) -> int:
         saved = "—" if c["steps_saved"] is None else f"{100 * c['steps_saved']:.1f}%"
         print(f"{split}: accuracy {g['accuracy']:.3f}, mean steps {c['mean_steps']:.2f}"
               f"/{c['max_steps']}, rho(steps, complexity) {rho}, token-steps saved {saved}")
+    for knob, sw in (result.get("size_sweep") or {}).items():
+        print(f"size sweep {sw['spec']} (training range {sw['train_range']}):")
+        for r in sw["rows"]:
+            rho = "undefined" if r["rho"] is None else f"{r['rho']:.3f}"
+            mark = " (train range)" if r["in_train_range"] else ""
+            acc = "—" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+            steps = "—" if r["mean_steps"] is None else f"{r['mean_steps']:.2f}"
+            print(f"  {knob}={r['size']}: accuracy {acc}, mean steps {steps}, rho {rho}, "
+                  f"n {r['n']}{mark}")
     print(f"wrote {run_dir / 'analysis.json'} and {run_dir / 'figures'}/")
     return 0
 

@@ -188,6 +188,40 @@ def render_compute(analysis: dict[str, Any]) -> Figure:
     return fig
 
 
+def render_size_sweep(analysis: dict[str, Any]) -> Figure:
+    """Accuracy, mean steps and ρ(steps, complexity) against the swept size (``ponder eval
+    --sweep``), one line per swept knob; training range shaded, ood range hatched."""
+    fig = _new(13.0, 3.4)
+    axes = fig.subplots(1, 3)
+    fig.subplots_adjust(wspace=0.3)
+    sweeps = analysis.get("size_sweep") or {}
+    if not sweeps:
+        _empty(axes[0], "no size sweep (ponder eval RUN_DIR --sweep KNOB=LO..HI)")
+        _empty(axes[1], "")
+        _empty(axes[2], "")
+        return fig
+    keys = (("accuracy", "token accuracy"), ("mean_steps", "mean steps"), ("rho", "ρ(steps, complexity)"))
+    for ax, (key, label) in zip(axes, keys):
+        for knob, sw in sweeps.items():
+            rows = [r for r in sw["rows"] if r[key] is not None]
+            ax.plot([r["size"] for r in rows], [r[key] for r in rows], marker="o", ms=3, label=knob)
+            if sw.get("train_range"):
+                ax.axvspan(sw["train_range"][0], sw["train_range"][1], color="0.85", zorder=0,
+                           label=f"train range ({knob})")
+            if sw.get("ood_range"):
+                ax.axvspan(sw["ood_range"][0], sw["ood_range"][1], facecolor="none", hatch="//",
+                           edgecolor="0.7", zorder=0, label=f"ood range ({knob})")
+        ax.set_xlabel(" / ".join(sweeps) + " (size)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[2].set_ylim(-1.05, 1.05)
+    axes[0].set_title("Accuracy vs size", fontsize=10)
+    axes[1].set_title("Steps vs size", fontsize=10)
+    axes[2].set_title("Alignment vs size", fontsize=10)
+    return fig
+
+
 def render_depth_curve(analysis: dict[str, Any]) -> Figure:
     """Accuracy against the inference loop count (``ponder eval --depths``), per split; the
     training depth dashed."""
@@ -218,6 +252,8 @@ RENDERERS = {
     "compute": render_compute,
     "depth_curve": render_depth_curve,
 }
+# drawn only when the analysis has the section (runs swept with ``ponder eval --sweep``)
+OPTIONAL_RENDERERS = {"size_sweep": render_size_sweep}
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -230,7 +266,8 @@ def write_figures(analysis: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """Render every figure into ``out_dir/<name>.png``; returns name → path."""
     out_dir = Path(out_dir)
     paths = {}
-    for name, render in RENDERERS.items():
+    optional = {k: r for k, r in OPTIONAL_RENDERERS.items() if analysis.get(k)}
+    for name, render in {**RENDERERS, **optional}.items():
         path = out_dir / f"{name}.png"
         atomic_write_bytes(path, png_bytes(render(analysis)))
         paths[name] = path

@@ -99,7 +99,8 @@ def _figure_png(run: RunData, analysis: dict[str, Any], name: str) -> bytes:
     path = run.run_dir / saved if saved else None
     if path is not None and path.is_file():  # analyze_run writes figures with the JSON
         return path.read_bytes()
-    return figures.png_bytes(figures.RENDERERS[name](analysis))
+    render = figures.RENDERERS.get(name) or figures.OPTIONAL_RENDERERS[name]
+    return figures.png_bytes(render(analysis))
 
 
 def _reference(splits: Sequence[str]) -> str | None:
@@ -261,6 +262,40 @@ def _experts_section(entries: list[dict[str, Any]]) -> str:
             "tokens whose first-choice expert (last routed FFN entered) is each expert.</p>" + "".join(parts))
 
 
+def _size_sweep_section(entries: list[dict[str, Any]]) -> str:
+    """Per run and swept knob: accuracy, steps and ρ per size, the training range marked
+    (``ponder eval --sweep``); nothing when no run was swept."""
+    parts = []
+    for e in entries:
+        if e["analysis"].get("size_sweep"):
+            png = _figure_png(e["run"], e["analysis"], "size_sweep")
+            parts.append(f'<div class="figwrap">{_img(png, "size sweep of " + e["label"])}</div>')
+        for knob, sw in (e["analysis"].get("size_sweep") or {}).items():
+            rows = []
+            for r in sw["rows"]:
+                where = "train" if r["in_train_range"] else ("ood" if r["in_ood_range"] else "")
+                style = ' style="background:#e8e8e8"' if r["in_train_range"] else ""
+                ci = r.get("rho_ci95")
+                rho = _fmt(r["rho"], ".2f") + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+                rows.append(f"<tr{style}><td>{r['size']}</td><td class=\"l\">{where}</td>"
+                            f"<td>{_fmt(r['accuracy'])}</td><td>{_fmt(r['seq_accuracy'])}</td>"
+                            f"<td>{_fmt(r['mean_steps'], '.2f')}</td><td>{rho}</td>"
+                            f"<td>{r['n']}</td><td>{r['n_examples']}</td></tr>")
+            parts.append(
+                f'<p>{html.escape(e["label"])} · {html.escape(str(sw["spec"]))}: training range '
+                f'{html.escape(str(sw["train_range"]))}, ood range {html.escape(str(sw["ood_range"]))}; '
+                f'ρ(steps, size) over all tokens {_fmt(sw["rho_steps_size"], ".2f")}</p>'
+                f'<table class="sweep"><tr><th>{html.escape(knob)}</th><th class="l">range</th>'
+                "<th>token acc</th><th>seq acc</th><th>mean steps</th><th>ρ [95% CI]</th>"
+                f'<th>tokens</th><th>examples</th></tr>{"".join(rows)}</table>')
+    if not parts:
+        return ""
+    return ("<h2>Size sweep: accuracy and steps vs size</h2><p class=\"note\">From "
+            "<code>ponder eval RUN_DIR --sweep KNOB=LO..HI</code>: the run scored with the size "
+            "pinned to each value; grey rows and the grey band: the training range, hatched: "
+            "the ood range.</p>" + "".join(parts))
+
+
 def pick_examples(frame: pd.DataFrame, k: int = EXAMPLES_PER_SPLIT) -> list[int]:
     """The k examples with the most distinct complexity levels (ties: lowest id)."""
     if frame.empty:
@@ -346,6 +381,7 @@ def build_html(run_dirs: Sequence[str | Path], *, seed: int = 0) -> str:
 <h2>Decision timing</h2>
 {_timing_table(entries)}
 {_experts_section(entries)}
+{_size_sweep_section(entries)}
 <h2>Per-example views</h2>
 <p class="note">Each scored token coloured by the steps it took (0 <span class="legend"></span> max steps),
 under it its complexity on the same colour map, from 0 to the split's largest complexity.

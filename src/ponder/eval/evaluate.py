@@ -80,12 +80,15 @@ def load_run(run_dir: Path | str,
 
 @torch.no_grad()
 def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
-                   labels: frozenset[str], steps: int | None = None) -> tuple[dict[str, list], dict[str, Any]]:
+                   labels: frozenset[str], steps: int | None = None,
+                   examples: Sequence[Any] | None = None) -> tuple[dict[str, list], dict[str, Any]]:
     """Score examples ``0..n-1`` of ``split``. Returns (record columns, summary).
 
     ``steps``: run the model at this loop count instead of its ``max_steps`` (a test-time
     depth, :func:`ponder.models.recurrent.check_depth` decides which models can). A run
     trained with deep supervision runs its K segments (``max_steps`` is then K·N).
+    ``examples``: score these (drawn elsewhere, e.g. by a size sweep) instead; their rows
+    are labelled ``split``.
     """
     task, vocab, model = run.task, run.vocab, run.model
     K = run.cfg.supervision.segments
@@ -100,8 +103,10 @@ def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
     n_seq = seq_ok_total = 0
     max_used = 0
     for start in range(0, n, batch_size):
-        examples = [task.example(split, i) for i in range(start, min(n, start + batch_size))]
-        batch = collate(examples, vocab)
+        stop = min(n, start + batch_size)
+        batch_examples = (list(examples[start:stop]) if examples is not None
+                          else [task.example(split, i) for i in range(start, stop)])
+        batch = collate(batch_examples, vocab)
         t0 = time.perf_counter()
         out = forward_segments(model, batch.tokens, batch.mask, segments=K, **depth)
         wall += time.perf_counter() - t0
@@ -116,7 +121,7 @@ def evaluate_split(run: LoadedRun, split: str, *, n: int, batch_size: int,
         if expert_l is not None:
             cols.setdefault("expert", [math.nan] * n_rows)
         feats = {k: v.tolist() for k, v in batch.features.items()}
-        for b, ex in enumerate(examples):
+        for b, ex in enumerate(batch_examples):
             positions = ex.scored()
             if not positions:
                 continue

@@ -29,6 +29,7 @@ readable from the input before any computation (position, sizes, a token's own k
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -125,6 +126,9 @@ class Task:
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     execution_features: ClassVar[tuple[str, ...]] = ()   # algorithm state at the token
     label_features: ClassVar[tuple[str, ...]] = ()       # answer / label-set properties
+    # Size knobs a sweep may pin (``ponder eval --sweep``): size name (the ``split_params``
+    # key and the ``Example.params`` key) -> the (min, max) knobs of its training range.
+    size_knobs: ClassVar[dict[str, tuple[str, str]]] = {}
 
     def __init__(self, config: Any) -> None:
         validate_config(config)
@@ -135,6 +139,10 @@ class Task:
     # ---- to implement -------------------------------------------------------------
     def check(self) -> None:
         """Cross-knob validation (e.g. ood range strictly beyond train). Raise ConfigError."""
+
+    def check_size(self, size: str, value: int) -> None:
+        """Refuse (ConfigError) a pinned size the family cannot draw in reasonable time, for
+        :meth:`at_size`; the default accepts any (a failed draw raises on its own)."""
 
     def split_params(self, split: str) -> dict[str, Any]:
         raise NotImplementedError
@@ -171,6 +179,22 @@ class Task:
 
     def knobs(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
+
+    def at_size(self, size: str, value: int) -> "Task":
+        """A copy whose every split draws the training distribution with ``size`` pinned to
+        ``value`` (a size sweep's generator; ``ponder.eval.sweep``). Its examples are seeded
+        apart from the task's own (the pinned size is part of the seed key); the vocabulary
+        and the train label set stay the task's, since the config is unchanged."""
+        if size not in self.size_knobs:
+            raise ConfigError(f"task {self.name!r} has no size knob {size!r}; size knobs: "
+                              f"{', '.join(self.size_knobs) or 'none'}")
+        self.check_size(size, value)
+        train_params = self.split_params("test")  # train/valid/test share the knob ranges
+        clone = copy.copy(self)
+        # an instance attribute shadows the method: sample() then sees the pinned range
+        clone.split_params = lambda split: {**train_params, size: (value, value)}
+        clone._config_key = f"{self._config_key}|sweep:{size}={value}"
+        return clone
 
     TRAIN_LABEL_SAMPLES: ClassVar[int] = 2_000
 

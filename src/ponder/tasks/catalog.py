@@ -74,6 +74,9 @@ def catalog_markdown() -> str:
            "docs/analysis.md) contrasts them with the static cues (every other feature, "
            "readable before any computation). Label features are properties of the answer "
            "and are never used as predictors.", "",
+           "Size knobs (`Task.size_knobs`) are the sizes `ponder eval RUN_DIR --sweep "
+           "KNOB=LO..HI[:STEP]` can pin: each names the min/max knobs of its training range "
+           "(docs/analysis.md, size_sweep).", "",
            "| task | causal | complexity | execution-state features |", "|---|---|---|---|"]
     for name in names():
         cls = task_class(name)
@@ -91,6 +94,9 @@ def catalog_markdown() -> str:
                 + (", ".join(f"`{f}`" for f in cls.execution_features) or "none")
                 + ". **Label features (not predictors):** "
                 + (", ".join(f"`{f}`" for f in cls.label_features) or "none") + ".", "",
+                "**Size knobs (`--sweep`):** "
+                + (", ".join(f"`{k}` ({lo}..{hi})" for k, (lo, hi) in cls.size_knobs.items())
+                   or "none") + ".", "",
                 "| knob | default | range | meaning |", "|---|---|---|---|"]
         for knob_name, default, rng, help_ in knob_rows(cls):
             out.append(f"| `{knob_name}` | {default} | {rng} | {help_} |")

@@ -126,6 +126,14 @@ class LMView(Task):
     def knobs(self) -> dict[str, Any]:
         return self.inner.knobs()
 
+    @property
+    def size_knobs(self) -> dict[str, tuple[str, str]]:  # type: ignore[override]
+        return self.inner.size_knobs
+
+    def at_size(self, size: str, value: int) -> "LMView":
+        """The LM view of the inner task pinned to ``value`` (a size sweep of an LM run)."""
+        return LMView(self.inner.at_size(size, value))
+
     def train_labels(self) -> frozenset[str]:
         return self.inner.train_labels() | {EOS}
 

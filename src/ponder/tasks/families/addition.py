@@ -40,6 +40,7 @@ class Addition(Task):
     causal = False
     complexity_doc = "length of the carry chain ending in the digit (0 = no carry in)"
     Config = AdditionConfig
+    size_knobs = {"n": ("n_min", "n_max")}
     execution_features = ("carry_in", "chain_length")
     presets = {
         "small": dict(base=2, n_min=3, n_max=8, ood_n_min=10, ood_n_max=16),

@@ -46,6 +46,7 @@ class Arithmetic(Task):
     causal = False
     complexity_doc = "height of the sub-tree closed by the ) (1 = two digits)"
     Config = ArithmeticConfig
+    size_knobs = {"depth": ("depth_min", "depth_max")}
     execution_features = ("nesting", "arg_height_max", "arg_height_min")
     presets = {
         "small": dict(depth_min=1, depth_max=4, ood_depth_min=5, ood_depth_max=6, p_nest=0.3),

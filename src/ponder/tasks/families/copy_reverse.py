@@ -39,6 +39,7 @@ class _SequenceTask(Task):
     causal = False
     complexity_doc = "constant 1 (control task)"
     Config = SequenceConfig
+    size_knobs = {"n": ("n_min", "n_max")}
     presets: ClassVar[dict] = {
         "small": dict(n_min=4, n_max=10, ood_n_min=12, ood_n_max=16, alphabet=8),
         "long": dict(n_min=16, n_max=40, ood_n_min=41, ood_n_max=80, alphabet=26),

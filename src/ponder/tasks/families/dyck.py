@@ -48,6 +48,7 @@ class Dyck(Task):
     causal = True
     complexity_doc = "stack depth after the position"
     Config = DyckConfig
+    size_knobs = {"n": ("n_min", "n_max")}
     execution_features = ("stack_depth", "distance")
     presets = {
         "small": dict(k=2, n_min=8, n_max=24, depth_max=4, ood_n_min=16, ood_n_max=40,

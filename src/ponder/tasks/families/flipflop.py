@@ -45,6 +45,7 @@ class FlipFlop(Task):
     causal = True
     complexity_doc = "instructions strictly between the last write and the read"
     Config = FlipFlopConfig
+    size_knobs = {"n": ("n_min", "n_max")}
     execution_features = ("since_write", "ignores_between", "reads_between", "writes_before")
     presets = {
         "small": dict(n_min=8, n_max=32, p_ignore=0.5, ood_n_min=40, ood_n_max=64,

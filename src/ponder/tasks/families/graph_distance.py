@@ -58,6 +58,7 @@ class GraphDistance(Task):
     causal = False
     complexity_doc = "BFS distance from the source (unreachable: largest finite distance + 1)"
     Config = GraphDistanceConfig
+    size_knobs = {"n": ("n_min", "n_max")}
     execution_features = ("frontier", "settled_before")
     label_features = ("reachable", "unseen_label")
     presets = {

@@ -44,6 +44,7 @@ class ListRank(Task):
     causal = False
     complexity_doc = "distance of the edge's source node from the head (0..m-1)"
     Config = ListRankConfig
+    size_knobs = {"m": ("m_min", "m_max")}
     execution_features = ("hops_to_head", "hops_to_end", "doubling_rounds")
     label_features = ("unseen_label",)
     presets = {

@@ -92,6 +92,7 @@ class ListOps(Task):
     causal = False
     complexity_doc = "height of the sub-tree closed by the ] (1 = a list of digits)"
     Config = ListOpsConfig
+    size_knobs = {"depth": ("depth_min", "depth_max")}
     execution_features = ("nesting", "arg_height_max", "arg_height_second", "dependency_depth")
     presets = {
         "small": dict(depth_min=1, depth_max=4, ood_depth_min=5, ood_depth_max=6, args_min=2,

@@ -87,6 +87,7 @@ class Maze(Task):
     execution_features = ("frontier", "settled_before")
     label_features = ("dist_goal",)
     Config = MazeConfig
+    size_knobs = {"n": ("n_min", "n_max")}
     presets = {
         "small": dict(n_min=3, n_max=5, ood_n_min=6, ood_n_max=7),
         "large": dict(n_min=6, n_max=10, ood_n_min=12, ood_n_max=15),

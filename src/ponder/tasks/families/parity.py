@@ -35,6 +35,7 @@ class Parity(Task):
     causal = False
     complexity_doc = "number of non-zero elements k"
     Config = ParityConfig
+    size_knobs = {"n": ("n_min", "n_max"), "k": ("k_min", "k_max")}
     execution_features = ("ones",)
     presets = {
         "small": dict(n_min=8, n_max=8, k_min=1, k_max=8, ood_n_min=12, ood_n_max=12,
@@ -64,7 +65,9 @@ class Parity(Task):
 
     def sample(self, rng: random.Random, split: str) -> Draft:
         p = self.split_params(split)
-        n = rng.randint(max(p["n"][0], p["k"][0]), p["n"][1])
+        # a vector holds at least k tokens (a sweep may pin k beyond n_max; otherwise
+        # k_min <= n_max and this is randint(max(n_lo, k_lo), n_hi))
+        n = rng.randint(max(p["n"][0], p["k"][0]), max(p["n"][1], p["k"][0]))
         k = rng.randint(p["k"][0], min(p["k"][1], n))
         values = ["0"] * n
         for i in rng.sample(range(n), k):

@@ -33,6 +33,7 @@ class RunningParity(Task):
     causal = True
     complexity_doc = "number of 1 bits in the prefix 0..i"
     Config = RunningParityConfig
+    size_knobs = {"n": ("n_min", "n_max")}
     execution_features = ("ones_so_far",)
     presets = {
         "small": dict(n_min=8, n_max=16, ood_n_min=20, ood_n_max=32),

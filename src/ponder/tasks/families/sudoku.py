@@ -39,6 +39,11 @@ RULES = ("naked", "singles")
 MAX_ORDERS = 50  # removal orders tried per drawn grid before drawing another grid
 
 
+# Beyond these, propagation-solvable puzzles get too rare to draw by blanking cells
+# (4×4: 12 blanks leave 4 givens, the fewest a unique 4×4 puzzle has).
+HOLES_LIMIT = {4: 12, 9: 58}
+
+
 @dataclass(frozen=True)
 class SudokuConfig:
     size: int = knob(4, help="side of the grid: 4 (2×2 boxes) or 9 (3×3 boxes)", choices=(4, 9))
@@ -137,6 +142,7 @@ class Sudoku(Task):
     # still allow, and how many of its peers are blank (each forced peer removes a candidate)
     execution_features = ("candidates", "blank_peers")
     Config = SudokuConfig
+    size_knobs = {"holes": ("holes_min", "holes_max")}
     presets = {
         "4x4": dict(size=4, rule="naked", holes_min=4, holes_max=8, ood_holes_min=9, ood_holes_max=11),
         "9x9": dict(size=9, rule="naked", holes_min=30, holes_max=45, ood_holes_min=48,
@@ -149,11 +155,14 @@ class Sudoku(Task):
             raise ConfigError("sudoku: holes_min must be <= holes_max (and ood_holes_min <= ood_holes_max)")
         if c.ood_holes_min <= c.holes_max:
             raise ConfigError("sudoku: ood_holes_min must lie strictly beyond holes_max")
-        # Beyond these, propagation-solvable puzzles get too rare to draw by blanking cells
-        # (4×4: 12 blanks leave 4 givens, the fewest a unique 4×4 puzzle has).
-        limit = {4: 12, 9: 58}[c.size]
+        limit = HOLES_LIMIT[c.size]
         if c.ood_holes_max > limit:
             raise ConfigError(f"sudoku: ood_holes_max={c.ood_holes_max} exceeds {limit} for size {c.size}")
+
+    def check_size(self, size: str, value: int) -> None:
+        if value > HOLES_LIMIT[self.config.size]:
+            raise ConfigError(f"sudoku: holes={value} exceeds {HOLES_LIMIT[self.config.size]} "
+                              f"for size {self.config.size}")
 
     def split_params(self, split: str) -> dict:
         c = self.config

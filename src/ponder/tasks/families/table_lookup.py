@@ -38,6 +38,7 @@ class TableLookup(Task):
     causal = False
     complexity_doc = "number of functions applied so far (counted from the right)"
     Config = TableLookupConfig
+    size_knobs = {"depth": ("depth_min", "depth_max")}
     execution_features = ("applied",)
     presets = {
         "small": dict(n_functions=8, depth_min=1, depth_max=5, ood_depth_min=6, ood_depth_max=8),

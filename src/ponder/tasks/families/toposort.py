@@ -46,6 +46,7 @@ class Toposort(Task):
     causal = False
     complexity_doc = "dfs_depth: longest path from any source to the picked node"
     Config = ToposortConfig
+    size_knobs = {"n": ("n_min", "n_max")}
     execution_features = ("frontier_size", "newly_enabled", "dfs_depth")
     label_features = ("unseen_label",)
     presets = {
