@@ -11,7 +11,7 @@ each of the paper's three findings is reproduced (``ponder.apps.findings``), wit
 
 Runs are scheduled by an executor (``ponder.apps.executors``): a local process pool of
 ``--jobs`` workers, or Ray (``--executor ray [--address HOST:PORT]``). The expected wall time
-of the full study is in docs/reproduce.md.
+of the full study (an estimate) and the findings' rules are in docs/reproduce.md.
 """
 
 from __future__ import annotations
