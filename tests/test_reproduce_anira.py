@@ -269,9 +269,10 @@ def test_the_gap_must_be_well_below_not_just_below():
 
 # -- end to end ----------------------------------------------------------------------------
 def test_tiny_anira_end_to_end(tmp_path, capsys):
+    """Two real runs on the default executor (a process pool of 2), then the results file."""
     out, doc = tmp_path / "runs", tmp_path / "anira.md"
     rc = main(["reproduce", "anira", "--only", "parity", "list_rank", "anira_o",
-               "--seeds", "1", "--steps", "3", "--n", "16", "--jobs", "1", "--out", str(out),
+               "--seeds", "1", "--steps", "3", "--n", "16", "--jobs", "2", "--out", str(out),
                "--doc", str(doc), "--no-report", "--set", *TINY_SET])
     printed = capsys.readouterr().out
     assert rc == 0, printed
