@@ -289,3 +289,25 @@ def test_tiny_anira_end_to_end(tmp_path, capsys):
         row = next(line for line in text.splitlines() if line.startswith(f"| {task} |"))
         verdicts = [c.strip() for c in row.strip("|").split("|")][1:]
         assert verdicts == [results["findings"][task][f]["verdict"] for f in fnd.FINDINGS]
+
+
+def test_results_file_lists_means_cis_verdicts_and_failed_runs():
+    from ponder.apps.anira import results_markdown
+
+    rows = [{**_row("anira_o", s, rho=r, est=0.2 + s / 10, task="dyck"), "name": f"dyck/anira_o/seed{s}",
+             "valid_steps": 3.0, "ood_steps": 4.0, "steps": 100 * (s + 1), "failed_at": None, "error": None}
+            for s, r in enumerate([0.4, 0.5, 0.6])]
+    rows.append({**_row("anira_e", 0, task="dyck"), "name": "dyck/anira_e/seed0", "failed": True,
+                 "failed_at": "eval", "error": "ValueError: x", "valid_steps": None, "ood_steps": None,
+                 "steps": None, "valid_acc": None, "ood_acc": None, "rho": None})
+    mach = {"date": "today", "commit": "abc", "nproc": 2, "cpu": "cpu", "torch": "2", "python": "3",
+            "load_start": (1.0, 1.0, 1.0), "load_end": (2.0, 2.0, 2.0)}
+    text = results_markdown(rows, fnd.task_findings(rows), command="ponder reproduce anira", mach=mach)
+    line = next(x for x in text.splitlines() if x.startswith("| anira_o |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    lo, hi = fnd.mean_ci([0.4, 0.5, 0.6])["ci"]
+    assert cells[:2] == ["anira_o", "3"] and cells[6] == f"0.50 [{lo:.2f}, {hi:.2f}]" and cells[7].startswith("200 [")
+    assert "| anira_e | 0 (+1 FAILED) |" in text
+    assert "- dyck/anira_e/seed0: eval: ValueError: x" in text
+    # the failed anira_e run is left out of the findings: anira_o alone decides here
+    assert "| dyck | yes | yes | yes |" in text

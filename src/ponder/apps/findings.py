@@ -16,7 +16,8 @@ A result row (one run) is a dict with ``task``, ``policy``, ``seed``, ``valid_ac
    held-out examples.
 
 Per policy a verdict is ``yes`` / ``no`` / ``undetermined`` (with why); a task's verdict
-combines its ANIRA policies': ``yes`` (all), ``partly`` (some), ``undetermined``, ``no``.
+combines those of its ANIRA policies with finished runs: ``yes`` (all), ``partly`` (some),
+``undetermined``, ``no``.
 """
 
 from __future__ import annotations
