@@ -209,6 +209,8 @@ def _stat(stats: Optional[dict[str, Any]], spec: str = ".3f") -> str:
 FINDING_TITLES = {"alignment": "(1) alignment without supervision: ρ(steps, complexity) > 0 on valid",
                   "no_generalisation": f"(2) no generalisation: ood acc well below valid (gap > {fnd.WELL_BELOW})",
                   "timing": "(3) timing: anira_o explained by execution state, anira_e by static cues"}
+STAT_LABELS = {"alignment": "ρ", "no_generalisation": "valid − ood acc",
+               "timing": "R²(execution) − R²(static)"}
 METRIC_COLUMNS = ("policy", "runs", "valid acc", "ood acc", "mean steps valid", "mean steps ood",
                   "ρ valid", "steps trained")
 
@@ -253,7 +255,7 @@ def results_markdown(rows: list[dict[str, Any]], result: dict[str, dict[str, Any
         for f in fnd.FINDINGS:
             lines.append(f"- {FINDING_TITLES[f]}: **{res[f]['verdict']}**")
             for policy, v in res[f]["policies"].items():
-                lines.append(f"  - {policy}: {v['verdict']} — {_stat(v['stats'])}; {v['why']}")
+                lines.append(f"  - {policy}: {v['verdict']} — {STAT_LABELS[f]} {_stat(v['stats'])}; {v['why']}")
         lines.append("")
     failed = [r for r in rows if r["failed"]]
     if failed:
