@@ -1,5 +1,8 @@
 """``ponder reproduce EXPERIMENT [--out DIR] [--steps N] [--only NAME ...]``.
 
+``anira`` (every task × policy × seed, the paper's three findings) lives in
+``ponder.apps.anira``; the rest of this docstring is about ``parity``.
+
 Re-measures a published claim on this machine. ``parity``: a fixed-depth Transformer, a
 Universal Transformer (``ut_act``), PonderNet, ANIRA-O and AdaTape on ``parity``
 (``configs/parity_<name>.yaml``). Each model trains up to its config's step cap
@@ -78,7 +81,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
 
     if args.experiment not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {args.experiment!r}; choose from "
-                          f"{', '.join(EXPERIMENTS)}")
+                          f"{', '.join([*EXPERIMENTS, 'anira'])}")
     runs = EXPERIMENTS[args.experiment]
     names = [n for n, _ in runs]
     for name in args.only or ():
@@ -392,6 +395,13 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ponder.apps import anira
+
+    if args.experiment == "anira":
+        return anira.run(args)
+    for flag, value in (("--seeds", args.seeds), ("--executor", args.executor), ("--address", args.address)):
+        if value is not None:
+            raise ConfigError(f"{flag} is an option of `ponder reproduce anira` only")
     load_start = os.getloadavg()
     t0 = time.perf_counter()
     jobs = plan(args)
@@ -431,13 +441,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="re-measure a published result (parity) on this machine",
+    from ponder.apps import anira
+
+    p = sub.add_parser("reproduce", help="re-measure a published result (parity, anira) on this machine",
                        description=__doc__.splitlines()[0])
-    p.add_argument("experiment", help=f"experiment ({', '.join(EXPERIMENTS)})")
+    p.add_argument("experiment", help=f"experiment ({', '.join([*EXPERIMENTS, 'anira'])})")
     p.add_argument("--out", default=None, help="runs directory (default runs/reproduce/EXPERIMENT)")
     p.add_argument("--steps", type=int, default=None,
                    help="step cap of every run (default: each config's run.steps)")
-    p.add_argument("--only", nargs="+", metavar="NAME", default=None, help="run only these models")
+    p.add_argument("--only", nargs="+", metavar="NAME", default=None, help="run only these models (anira: tasks and/or policies)")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--n", type=int, default=1000, help="examples per evaluated split (default 1000)")
@@ -448,4 +460,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--doc", default=None, help="results file (default docs/results/EXPERIMENT.md; "
                                                "OUT/EXPERIMENT.md with --only)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    anira.add_arguments(p)
     p.set_defaults(func=run)

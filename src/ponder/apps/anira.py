@@ -1,0 +1,339 @@
+"""``ponder reproduce anira``: the ANIRA study, every task × policy × seed, then the findings.
+
+Every task with a non-constant complexity (``configs/anira_tasks.yaml``: one line of
+settings per task) × the policies ``POLICIES`` (``configs/anira_<policy>.yaml``: one base
+each, identical but for the policy) × ``--seeds`` seeds (``run.seed`` = 0..seeds-1). A run
+trains to valid accuracy ``run.stop_at_acc`` or its step cap (``steps`` of its task, or
+``--steps``); a wall-clock budget is refused (results must not depend on the load). Each
+run is evaluated on ``valid`` and ``ood`` and analysed; then one HTML report and a results
+file (``docs/results/anira.md``; with ``--only``, ``OUT/anira.md``) say per task whether
+each of the paper's three findings is reproduced (``ponder.apps.findings``), with CIs.
+
+Runs are scheduled by an executor (``ponder.apps.executors``): a local process pool of
+``--jobs`` workers, or Ray (``--executor ray [--address HOST:PORT]``). The expected wall time
+of the full study (an estimate) and the findings' rules are in docs/reproduce.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from ponder.apps import findings as fnd
+from ponder.apps.executors import EXECUTORS, Outcome, Work, make_executor, run_work
+from ponder.errors import ConfigError
+
+DEFAULT_SEEDS = 3
+POLICIES = ("fixed", "anira_e", "anira_o", "pondernet", "act")
+TASKS_FILE = "anira_tasks.yaml"
+TASK_KEYS = {"preset", "knobs", "positions", "max_steps", "steps", "token_parts"}
+REQUIRED_KEYS = {"positions", "max_steps", "steps"}
+
+
+def read_tasks(configs: Path) -> dict[str, dict[str, Any]]:
+    """The per-task settings (``anira_tasks.yaml``), checked: known tasks, known keys."""
+    import ponder.tasks
+
+    path = configs / TASKS_FILE
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError:
+        raise ConfigError(f"{path}: cannot read the per-task settings") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{path}: expected a mapping task → settings")
+    for task, settings in data.items():
+        if task not in ponder.tasks.names():
+            raise ConfigError(f"{path}: unknown task {task!r}; tasks: {', '.join(ponder.tasks.names())}")
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{path}: {task}: expected a mapping of settings")
+        unknown = sorted(set(settings) - TASK_KEYS)
+        missing = sorted(REQUIRED_KEYS - set(settings))
+        if unknown or missing:
+            raise ConfigError(f"{path}: {task}: " + (f"unknown setting {unknown[0]!r}" if unknown
+                                                     else f"missing setting {missing[0]!r}")
+                              + f"; settings: {', '.join(sorted(TASK_KEYS))}")
+    return data
+
+
+def task_overrides(task: str, settings: dict[str, Any]) -> list[str]:
+    """The overrides that turn a policy's base config into ``task``'s run."""
+    import ponder.tasks
+
+    knobs = settings.get("knobs") or {}
+    flow = "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in knobs.items()) + "}"
+    preset = settings.get("preset")
+    return [f"task.name={task}", f"task.preset={'null' if preset is None else preset}",
+            f"task.knobs={flow}", f"model.positions={settings['positions']}",
+            f"model.max_steps={settings['max_steps']}",
+            f"model.causal={str(ponder.tasks.task_class(task).causal).lower()}",
+            f"model.token_parts={str(bool(settings.get('token_parts', False))).lower()}",
+            f"run.steps={settings['steps']}"]
+
+
+def run_name(task: str, policy: str, seed: int) -> str:
+    return f"{task}/{policy}/seed{seed}"
+
+
+def _split_only(only: Optional[list[str]], tasks: list[str]) -> tuple[list[str], list[str]]:
+    """``--only`` names tasks and/or policies; each dimension not named is kept whole."""
+    only = only or []
+    for name in only:
+        if name not in tasks and name not in POLICIES:
+            raise ConfigError(f"unknown anira task or policy {name!r}; tasks: {', '.join(tasks)}; "
+                              f"policies: {', '.join(POLICIES)}")
+    picked_tasks = [t for t in tasks if t in only] or tasks
+    picked_policies = [p for p in POLICIES if p in only] or list(POLICIES)
+    return picked_tasks, picked_policies
+
+
+def plan(args: argparse.Namespace) -> list[Work]:
+    """Check the arguments and every run's config (no training yet): one Work per run, in
+    queue order (task, policy, seed)."""
+    from ponder.train import configs_dir, load_config, validate_names
+
+    args.seeds = DEFAULT_SEEDS if args.seeds is None else args.seeds
+    args.executor = args.executor or "local"
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+    if args.jobs < 1 or args.threads < 1 or args.n < 1:
+        raise ConfigError("--jobs, --threads and --n must be >= 1")
+    make_executor(args.executor, jobs=args.jobs, threads=args.threads, address=args.address)
+    configs = Path(args.configs) if args.configs else configs_dir()
+    settings = read_tasks(configs)
+    tasks, policies = _split_only(args.only, list(settings))
+    out = Path(args.out or "runs/reproduce/anira")
+    works: list[Work] = []
+    vocabs: dict[str, Any] = {}
+    for task in tasks:
+        for policy in policies:
+            path = configs / f"anira_{policy}.yaml"
+            base = [*task_overrides(task, settings[task]), *(args.set or []),
+                    *([f"run.steps={args.steps}"] if args.steps else []), f"run.threads={args.threads}"]
+            cfg = load_config(path, base)   # ConfigError on a missing or malformed config
+            validate_names(cfg)
+            if cfg.run.time_budget_s is not None:
+                raise ConfigError(f"{path}: run.time_budget_s is set; a reproduction stops runs by "
+                                  f"steps and accuracy only (results must not depend on the load)")
+            if cfg.policy.name != policy:
+                raise ConfigError(f"{path}: policy.name is {cfg.policy.name!r}, expected {policy!r}")
+            _check_builds(cfg, vocabs)
+            for seed in range(args.seeds):
+                name = run_name(task, policy, seed)
+                works.append(Work(name, str(path), (*base, f"run.seed={seed}"), str(out / name),
+                                  args.n, args.threads))
+    return works
+
+
+def _check_builds(cfg: Any, vocabs: dict[str, Any]) -> None:
+    """Build the run's model once (no training): a model setting the config loader cannot
+    check (``model.positions``, ...) fails here, before any run starts."""
+    import ponder.models
+    import ponder.policies
+    import ponder.tasks
+
+    key = json.dumps([cfg.task.name, cfg.task.preset, dict(cfg.task.knobs)], sort_keys=True, default=str)
+    if key not in vocabs:
+        vocabs[key] = ponder.tasks.Vocab.for_task(
+            ponder.tasks.get(cfg.task.name, cfg.task.preset, **dict(cfg.task.knobs)))
+    vocab = vocabs[key]
+    policy = ponder.policies.get(cfg.policy.name, **dict(cfg.policy.knobs))
+    ponder.models.build(cfg.model, policy, vocab_size=len(vocab), tokens=list(vocab.itos))
+
+
+def prepare_out(works: list[Work]) -> None:
+    from ponder.train import CONFIG_FILE
+
+    for work in works:
+        d = Path(work.run_dir)
+        if d.exists() and not (d / CONFIG_FILE).exists():
+            raise ConfigError(f"{str(d)!r} exists and is not a ponder run; choose another --out")
+    for work in works:  # a run is replaced as a whole: its step cap may differ from last time
+        d = Path(work.run_dir)
+        if d.exists():
+            shutil.rmtree(d)
+        d.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def collect(work: Work, outcome: Outcome) -> dict[str, Any]:
+    """One results row (the findings' input) from a run directory."""
+    task, policy, seed = work.name.split("/")
+    d = Path(work.run_dir)
+    result = _read_json(d / "result.json")
+    valid, ood = _read_json(d / "eval" / "valid.json"), _read_json(d / "eval" / "ood.json")
+    analysis = _read_json(d / "analysis.json")
+    return {"name": work.name, "task": task, "policy": policy, "seed": int(seed.removeprefix("seed")),
+            "run_dir": work.run_dir, "failed": not outcome.ok, "failed_at": outcome.failed_at,
+            "error": outcome.error, "wall_s": outcome.wall_s,
+            "steps": result.get("step"), "stop_reason": result.get("reason"),
+            "train_s": result.get("train_s"),
+            "valid_acc": valid.get("token_acc"), "ood_acc": ood.get("token_acc"),
+            "valid_steps": valid.get("mean_steps"), "ood_steps": ood.get("mean_steps"),
+            "max_steps": valid.get("max_steps"),
+            "rho": ((analysis.get("alignment") or {}).get("valid") or {}).get("rho"),
+            "timing": ((analysis.get("decision_timing") or {}).get("valid") or {}).get("nonlinear"),
+            "n_valid": valid.get("n_examples"), "n_ood": ood.get("n_examples")}
+
+
+# -- the results file ----------------------------------------------------------------------
+def _f(value: Any, spec: str = ".3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _stat(stats: Optional[dict[str, Any]], spec: str = ".3f") -> str:
+    if not stats:
+        return "—"
+    ci = stats.get("ci")
+    return _f(stats["mean"], spec) + (f" [{_f(ci[0], spec)}, {_f(ci[1], spec)}]" if ci else "")
+
+
+FINDING_TITLES = {"alignment": "(1) alignment without supervision: ρ(steps, complexity) > 0 on valid",
+                  "no_generalisation": f"(2) no generalisation: ood acc well below valid (gap > {fnd.WELL_BELOW})",
+                  "timing": "(3) timing: anira_o explained by execution state, anira_e by static cues"}
+STAT_LABELS = {"alignment": "ρ", "no_generalisation": "valid − ood acc",
+               "timing": "R²(execution) − R²(static)"}
+METRIC_COLUMNS = ("policy", "runs", "valid acc", "ood acc", "mean steps valid", "mean steps ood",
+                  "ρ valid", "steps trained")
+
+
+def results_markdown(rows: list[dict[str, Any]], result: dict[str, dict[str, Any]], *,
+                     command: str, mach: dict[str, Any]) -> str:
+    seeds = sorted({r["seed"] for r in rows})
+    lines = ["# Reproduction: anira", "",
+             f"Generated by `ponder reproduce anira` on {mach['date']} (commit {mach['commit']}); "
+             f"do not edit above the notes mark.", "", "Command:", "", "```", command, "```", "",
+             f"Machine: {mach['nproc']} CPUs (`nproc`), {mach['cpu']}; torch {mach['torch']}, "
+             f"Python {mach['python']}. Load average (1/5/15 min) at the start "
+             f"{' / '.join(f'{x:.2f}' for x in mach['load_start'])}, at the end "
+             f"{' / '.join(f'{x:.2f}' for x in mach['load_end'])}.", "",
+             f"{len(rows)} runs, seeds {', '.join(map(str, seeds))}. Means over seeds with "
+             f"{fnd.CONFIDENCE:.0%} Student-t CIs over seeds in brackets. Rules "
+             f"(`ponder.apps.findings`): (1) CI of ρ above 0; (2) mean valid acc ≥ {fnd.LEARNED} and "
+             f"CI of valid − ood acc above {fnd.WELL_BELOW}; (3) CI of R²(execution) − R²(static) of "
+             f"the gradient-boosting decision-timing probe on valid above 0 (execution) / below 0 "
+             f"(static), over seeds (one seed: its bootstrap CI over examples). A task's verdict: "
+             f"yes = every ANIRA policy with finished runs, partly = some.", "",
+             "## Findings per task", "",
+             "| task | (1) alignment | (2) no generalisation | (3) timing |", "|---|---|---|---|"]
+    for task, res in result.items():
+        lines.append(f"| {task} | " + " | ".join(res[f]["verdict"] for f in fnd.FINDINGS) + " |")
+    lines += ["", "## Per task", ""]
+    for task, res in result.items():
+        lines += [f"### {task}", "", "| " + " | ".join(METRIC_COLUMNS) + " |",
+                  "|" + "|".join(["---"] + ["---:"] * (len(METRIC_COLUMNS) - 1)) + "|"]
+        for policy in POLICIES:
+            runs = [r for r in rows if r["task"] == task and r["policy"] == policy]
+            if not runs:
+                continue
+            ok = [r for r in runs if not r["failed"]]
+            col = lambda key: fnd.mean_ci(r[key] for r in ok if r[key] is not None)  # noqa: E731
+            failed = len(runs) - len(ok)
+            lines.append("| " + " | ".join([
+                policy, f"{len(ok)}" + (f" (+{failed} FAILED)" if failed else ""),
+                _stat(col("valid_acc")), _stat(col("ood_acc")), _stat(col("valid_steps"), ".2f"),
+                _stat(col("ood_steps"), ".2f"), _stat(col("rho"), ".2f"), _stat(col("steps"), ".0f")]) + " |")
+        lines.append("")
+        for f in fnd.FINDINGS:
+            lines.append(f"- {FINDING_TITLES[f]}: **{res[f]['verdict']}**")
+            for policy, v in res[f]["policies"].items():
+                lines.append(f"  - {policy}: {v['verdict']} — {STAT_LABELS[f]} {_stat(v['stats'])}; {v['why']}")
+        lines.append("")
+    failed = [r for r in rows if r["failed"]]
+    if failed:
+        lines += ["## Failed runs", ""] + [f"- {r['name']}: {r['failed_at']}: {r['error']}" for r in failed] + [""]
+    return "\n".join(lines) + "\n"
+
+
+def command_line(args: argparse.Namespace) -> str:
+    parts = ["ponder", "reproduce", "anira", "--seeds", str(args.seeds), "--jobs", str(args.jobs),
+             "--threads", str(args.threads), "--n", str(args.n), "--executor", args.executor]
+    for flag, value in (("--out", args.out), ("--steps", args.steps), ("--address", args.address),
+                        ("--configs", args.configs), ("--doc", args.doc)):
+        if value is not None:
+            parts += [flag, str(value)]
+    if args.only:
+        parts += ["--only", *args.only]
+    if args.set:
+        parts += ["--set", *args.set]
+    return shlex.join(parts)
+
+
+def doc_path(args: argparse.Namespace, out: Path) -> Path:
+    if args.doc:
+        return Path(args.doc)
+    return out / "anira.md" if args.only else Path("docs/results/anira.md")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ponder.apps.reproduce import machine, write_doc
+    from ponder.train import atomic_write_text
+
+    load_start = os.getloadavg()
+    t0 = time.perf_counter()
+    works = plan(args)
+    prepare_out(works)
+    out = Path(args.out or "runs/reproduce/anira")
+    print(f"ponder reproduce anira: {len(works)} runs, {args.executor} executor, {args.jobs} at a "
+          f"time with {args.threads} thread(s) each → {out}/", flush=True)
+    executor = make_executor(args.executor, jobs=args.jobs, threads=args.threads, address=args.address)
+    count = [0]
+
+    def done(outcome: Outcome) -> None:
+        count[0] += 1
+        state = "ok" if outcome.ok else f"FAILED in {outcome.failed_at}: {outcome.error}"
+        print(f"[{count[0]}/{len(works)}] {outcome.name}: {state} ({outcome.wall_s:.0f}s)", flush=True)
+
+    outcomes = executor.map(run_work, works, done)
+    rows = [collect(w, o) for w, o in zip(works, outcomes)]
+    result = fnd.task_findings(rows)
+    atomic_write_text(out / "results.json", json.dumps({"runs": rows, "findings": result}, indent=1))
+    report = None
+    ok_dirs = [r["run_dir"] for r in rows if not r["failed"]]
+    if ok_dirs and not args.no_report:
+        from ponder.analysis import write_report
+
+        report = str(write_report(ok_dirs, out / "report.html"))
+    doc = doc_path(args, out)
+    text = results_markdown(rows, result, command=command_line(args), mach=machine(load_start))
+    if report:
+        text += f"\nReport of all runs: `{report}`.\n"
+    write_doc(doc, text)
+    print(text)
+    print(f"results: {doc} and {out / 'results.json'}" + (f"; report: {report}" if report else ""))
+    print(f"done in {time.perf_counter() - t0:.0f}s")
+    failed = [r["name"] for r in rows if r["failed"]]
+    if failed:
+        import sys
+
+        sys.stderr.write(f"ponder: error: {len(failed)} run(s) failed: {', '.join(failed[:5])}"
+                         f"{' …' if len(failed) > 5 else ''} (see above)\n")
+        return 1
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options only ``anira`` reads (the rest are ``ponder reproduce``'s)."""
+    p.add_argument("--seeds", type=int, default=None, help="anira: seeds per task × policy (default 3)")
+    p.add_argument("--executor", default=None,
+                   help=f"anira: {' or '.join(EXECUTORS)} (default local: a process pool of --jobs)")
+    p.add_argument("--address", default=None, help="anira, --executor ray: the cluster (HOST:PORT or "
+                                                    "auto; default: a local Ray instance)")
