@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ponder-installed
+TESTED := $(VENV)/.ponder-test-installed
 
 .PHONY: demo test test-slow bench clean
 
@@ -11,16 +12,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: a bare `torch` would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e .
 	touch $(STAMP)
+
+# the test extras (pytest; ray for the Ray executor's test) only where tests run: the demo's
+# set-up stays small
+$(TESTED): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(TESTED)
 
 demo: $(STAMP)
 	$(BIN)/ponder demo
 
-test: $(STAMP)
+test: $(TESTED)
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(TESTED)
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
