@@ -92,6 +92,7 @@ def _bad_configs(tmp_path: Path, text: str) -> str:
     d.mkdir()
     for p in POLICIES:
         (d / f"anira_{p}.yaml").write_text((CONFIGS / f"anira_{p}.yaml").read_text())
+    (d / TASKS_FILE).parent.mkdir(exist_ok=True)
     (d / TASKS_FILE).write_text(textwrap.dedent(text))
     return str(d)
 

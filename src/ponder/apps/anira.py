@@ -1,6 +1,6 @@
 """``ponder reproduce anira``: the ANIRA study, every task × policy × seed, then the findings.
 
-Every task with a non-constant complexity (``configs/anira_tasks.yaml``: one line of
+Every task with a non-constant complexity (``configs/studies/anira_tasks.yaml``: one line of
 settings per task) × the policies ``POLICIES`` (``configs/anira_<policy>.yaml``: one base
 each, identical but for the policy) × ``--seeds`` seeds (``run.seed`` = 0..seeds-1). A run
 trains to valid accuracy ``run.stop_at_acc`` or its step cap (``steps`` of its task, or
@@ -33,13 +33,13 @@ from ponder.errors import ConfigError
 
 DEFAULT_SEEDS = 3
 POLICIES = ("fixed", "anira_e", "anira_o", "pondernet", "act")
-TASKS_FILE = "anira_tasks.yaml"
+TASKS_FILE = "studies/anira_tasks.yaml"  # not a run config: the per-task table
 TASK_KEYS = {"preset", "knobs", "positions", "max_steps", "steps", "token_parts"}
 REQUIRED_KEYS = {"positions", "max_steps", "steps"}
 
 
 def read_tasks(configs: Path) -> dict[str, dict[str, Any]]:
-    """The per-task settings (``anira_tasks.yaml``), checked: known tasks, known keys."""
+    """The per-task settings (``studies/anira_tasks.yaml``), checked: known tasks, known keys."""
     import ponder.tasks
 
     path = configs / TASKS_FILE
