@@ -17,3 +17,32 @@ def padded_batch(*, vocab: int, B: int = 4, L: int = 9, seed: int = 0, short: in
     mask[2, short:] = False
     targets = torch.randint(0, vocab, (B, L), generator=g).masked_fill(~mask, IGNORE_INDEX)
     return tokens, mask, targets
+
+
+def assert_rows_subset_matches(ffn, x, make_context) -> None:
+    """An FFN kind run on the real rows only (with their flat indices, as the compacted path
+    passes them) gives those rows' outputs of the all-rows run, and the same aux losses
+    (they average over the same real rows). x [B·L, D]; make_context() → a fresh AttnContext."""
+    full_ctx, sub_ctx = make_context(), make_context()
+    rows = full_ctx.key_mask.reshape(-1).nonzero().view(-1)
+    full = ffn(x, full_ctx, None)
+    sub = ffn(x.index_select(0, rows), sub_ctx, rows)
+    torch.testing.assert_close(sub, full.index_select(0, rows), atol=1e-12, rtol=1e-12)
+    assert full_ctx.aux.keys() == sub_ctx.aux.keys()
+    for k in full_ctx.aux:
+        torch.testing.assert_close(sub_ctx.aux[k], full_ctx.aux[k], atol=1e-12, rtol=1e-12)
+
+
+def assert_same_gradients(loss, loss_ref, module, x, *, atol=1e-10, rtol=1e-8) -> dict:
+    """d loss / d (x and every parameter of ``module``) equals d loss_ref / d (the same); a
+    missing gradient (no path) counts as zero. Returns ``loss``'s gradients by name ("x",
+    then the parameter names), None where there was no path."""
+    params = [x] + list(module.parameters())
+    names = ["x"] + [n for n, _ in module.named_parameters()]
+    got = torch.autograd.grad(loss, params, allow_unused=True)
+    want = torch.autograd.grad(loss_ref, params, allow_unused=True)
+    for name, p, a, b in zip(names, params, got, want):
+        zero = torch.zeros_like(p)
+        torch.testing.assert_close(zero if a is None else a, zero if b is None else b,
+                                   atol=atol, rtol=rtol, msg=name)
+    return dict(zip(names, got))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import subprocess
 import sys
 from typing import Any
@@ -25,6 +24,7 @@ from ponder.models.layers import FFN, AttnContext, Route, Router
 from ponder.policies.scripted import ScriptedPolicy
 from ponder.tasks.base import knob
 from ponder.tasks.batching import IGNORE_INDEX
+from tests.references import slow_block
 
 V, N, TOL = 11, 5, 1e-5
 
@@ -234,28 +234,10 @@ def test_routed_block_equals_per_token_loop(router, causal):
     fast = engine.apply_block(block, x, active, ctx)
 
     # slow: per token, by the definitions
-    attn, H, hd = block.attn, block.attn.n_heads, block.attn.head_dim
     score = block.router.score(x).squeeze(-1)
     enter = (score > 0) & active
-    y = block.norm1(x)
-    ref = x.clone()
-    for b in range(B):
-        for i in range(L):
-            if not enter[b, i]:
-                continue
-            keys = [j for j in range(L) if mask[b, j] and (not causal or j <= i)
-                    and (router != "toy_routed_keys" or enter[b, j] or j == i)]
-            q = attn.q(y[b, i]).view(H, hd)
-            heads = []
-            for hh in range(H):
-                kvs = [attn.kv(y[b, j]).view(2, H, hd)[:, hh] for j in keys]
-                s = torch.stack([q[hh] @ kv[0] for kv in kvs]) / math.sqrt(hd)
-                w = torch.softmax(s, 0)
-                heads.append(sum(wj * kv[1] for wj, kv in zip(w, kvs)))
-            h1 = x[b, i] + attn.o(torch.cat(heads))
-            out = h1 + block.ffn(block.norm2(h1))
-            r = torch.sigmoid(score[b, i])
-            ref[b, i] = x[b, i] + r * (out - x[b, i])
+    ref = slow_block(block, x, mask, enter, torch.sigmoid(score), causal=causal,
+                     routed_keys=router == "toy_routed_keys")
     torch.testing.assert_close(fast, ref, atol=1e-10, rtol=1e-10)
 
 

@@ -14,6 +14,7 @@ from ponder.errors import ConfigError
 from ponder.models.fff import FastFeedForward, FFFKnobs
 from ponder.models.kinds import FFNS
 from ponder.models.layers import AttnContext
+from tests.batches import assert_rows_subset_matches, assert_same_gradients
 
 B, L, D = 3, 6, 8
 
@@ -93,15 +94,8 @@ def test_fff_equals_reference_forward_and_gradients(depth, leaf_width, training)
     else:
         assert "fff_hardening" not in ctx.aux
         loss, loss_ref = (out * up).sum(), (ref * up).sum()
-    names = ["x"] + [n for n, _ in ffn.named_parameters()]
-    params = [x] + list(ffn.parameters())
-    got = torch.autograd.grad(loss, params, allow_unused=True)
-    want = torch.autograd.grad(loss_ref, params, allow_unused=True)
-    for name, p, a, b in zip(names, params, got, want):
-        zero = torch.zeros_like(p)  # None: no path (the hard decisions; leaves nobody reached)
-        torch.testing.assert_close(zero if a is None else a, zero if b is None else b,
-                                   atol=1e-10, rtol=1e-8, msg=name)
-    node_grad = got[names.index("node_w")]
+    grads = assert_same_gradients(loss, loss_ref, ffn, x)
+    node_grad = grads["node_w"]
     if training:  # the mixture trains the routing nodes
         assert node_grad is not None and float(node_grad.abs().sum()) > 0
 
@@ -113,14 +107,7 @@ def test_fff_on_a_subset_of_rows_equals_all_rows(training):
     ffn.train(training)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(B * L, D, generator=g, dtype=torch.float64)
-    full_ctx, sub_ctx = context(), context()
-    rows = full_ctx.key_mask.reshape(-1).nonzero().view(-1)
-    full = ffn(x, full_ctx, None)
-    sub = ffn(x.index_select(0, rows), sub_ctx, rows)
-    torch.testing.assert_close(sub, full.index_select(0, rows), atol=1e-12, rtol=1e-12)
-    assert full_ctx.aux.keys() == sub_ctx.aux.keys()
-    for k in full_ctx.aux:
-        torch.testing.assert_close(sub_ctx.aux[k], full_ctx.aux[k], atol=1e-12, rtol=1e-12)
+    assert_rows_subset_matches(ffn, x, context)
 
 
 def test_fff_inference_uses_one_leaf_per_token():

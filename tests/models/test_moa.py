@@ -12,6 +12,7 @@ import torch
 from ponder.errors import ConfigError
 from ponder.models.layers import AttnContext, Block, BlockSpec
 from ponder.models.moa import MixtureOfAttentionHeads, MoAKnobs
+from tests.batches import assert_same_gradients
 
 B, L, D, H, E = 2, 5, 8, 2, 5
 
@@ -62,15 +63,8 @@ def test_moa_block_equals_slow_loop(causal):
     assert len(picks) > 1  # tokens use different experts
     loss = (fast * up)[mask].sum()
     loss_ref = sum((r * up[b, i]).sum() for (b, i), r in ref.items())
-    params = [x] + list(block.parameters())
-    names = ["x"] + [n for n, _ in block.named_parameters()]
-    got = torch.autograd.grad(loss, params, allow_unused=True)
-    want = torch.autograd.grad(loss_ref, params, allow_unused=True)
-    for name, p, a, b_ in zip(names, params, got, want):
-        zero = torch.zeros_like(p)
-        torch.testing.assert_close(zero if a is None else a, zero if b_ is None else b_,
-                                   atol=1e-10, rtol=1e-8, msg=name)
-    assert float(got[names.index("attn.router.weight")].abs().sum()) > 0  # gates train the router
+    grads = assert_same_gradients(loss, loss_ref, block, x)
+    assert float(grads["attn.router.weight"].abs().sum()) > 0  # gates train the router
 
 
 def test_moa_flops_and_knobs():

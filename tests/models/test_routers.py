@@ -4,8 +4,6 @@ causal inference rules, the skip router, and participation that is not one-way."
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 
 import pytest
@@ -19,7 +17,7 @@ from ponder.models.config import ModelConfig, RouterConfig
 from ponder.models.engine import Engine
 from ponder.models.layers import AttnContext
 from ponder.policies.fixed import Fixed
-from ponder.tasks.batching import IGNORE_INDEX
+from tests.references import slow_block
 
 V = 13
 
@@ -49,37 +47,7 @@ def inputs(B: int = 3, L: int = 9, D: int = 16, seed: int = 3):
     return x, mask, g
 
 
-# -- slow references ----------------------------------------------------------------------
-def slow_block(block, x, mask, enter, weight, *, causal: bool, routed_keys: bool):
-    """x [B, L, D] → block output by the definitions, one token at a time: entering tokens
-    attend to the real tokens (the entering ones only with routed keys; up to themselves when
-    causal) and are updated x + w·(block(x) − x); the others pass unchanged."""
-    attn, H, hd = block.attn, block.attn.n_heads, block.attn.head_dim
-    B, L, D = x.shape
-    y = block.norm1(x)
-    rows = []
-    for b in range(B):
-        seq = []
-        for i in range(L):
-            if not enter[b, i]:
-                seq.append(x[b, i])
-                continue
-            keys = [j for j in range(L) if mask[b, j] and (not causal or j <= i)
-                    and (not routed_keys or enter[b, j] or j == i)]
-            q = attn.q(y[b, i]).view(H, hd)
-            heads = []
-            for hh in range(H):
-                kvs = [attn.kv(y[b, j]).view(2, H, hd)[:, hh] for j in keys]
-                s = torch.stack([q[hh] @ kv[0] for kv in kvs]) / math.sqrt(hd)
-                w = torch.softmax(s, 0)
-                heads.append(sum(wj * kv[1] for wj, kv in zip(w, kvs)))
-            h1 = x[b, i] + attn.o(torch.cat(heads))
-            out = h1 + block.ffn(block.norm2(h1))
-            seq.append(x[b, i] + weight[b, i] * (out - x[b, i]))
-        rows.append(torch.stack(seq))
-    return torch.stack(rows)
-
-
+# -- slow references (the routed block: tests/references.py) ----------------------------
 def slow_top_k(score, candidates, capacity):
     """Per sequence: the ⌈capacity·n⌉ candidates of highest score (earlier first on ties)."""
     enter = torch.zeros_like(candidates)

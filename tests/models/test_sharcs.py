@@ -14,6 +14,7 @@ from ponder.models.config import KindConfig, ModelConfig
 from ponder.models.layers import AttnContext, Block, BlockSpec
 from ponder.models.sharcs import DynamicWidthFFN, SharcsKnobs
 from ponder.policies.scripted import ScriptedPolicy
+from tests.batches import assert_rows_subset_matches, assert_same_gradients
 
 B, L, D, DFF = 3, 6, 8, 12
 
@@ -80,30 +81,16 @@ def test_sharcs_equals_reference_forward_and_gradients(levels, training):
         assert not ctx.aux
         assert len(set(width.tolist())) > 1  # tokens run different widths
         loss, loss_ref = (out * up).sum(), (ref * up).sum()
-    names = ["x"] + [n for n, _ in ffn.named_parameters()]
-    params = [x] + list(ffn.parameters())
-    got = torch.autograd.grad(loss, params, allow_unused=True)
-    want = torch.autograd.grad(loss_ref, params, allow_unused=True)
-    for name, p, a, b in zip(names, params, got, want):
-        zero = torch.zeros_like(p)
-        torch.testing.assert_close(zero if a is None else a, zero if b is None else b,
-                                   atol=1e-10, rtol=1e-8, msg=name)
+    grads = assert_same_gradients(loss, loss_ref, ffn, x)
     if training:  # the router is on the gradient path of the task loss and the penalties
-        assert float(got[names.index("router.weight")].abs().sum()) > 0
+        assert float(grads["router.weight"].abs().sum()) > 0
 
 
 @pytest.mark.parametrize("training", [True, False])
 def test_sharcs_subset_of_rows_equals_all_rows(training):
     ffn = make().train(training)
     x = torch.randn(B * L, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    full_ctx, sub_ctx = context(), context()
-    rows = full_ctx.key_mask.reshape(-1).nonzero().view(-1)
-    full = ffn(x, full_ctx, None)
-    sub = ffn(x.index_select(0, rows), sub_ctx, rows)
-    torch.testing.assert_close(sub, full.index_select(0, rows), atol=1e-12, rtol=1e-12)
-    assert full_ctx.aux.keys() == sub_ctx.aux.keys()
-    for k in full_ctx.aux:
-        torch.testing.assert_close(sub_ctx.aux[k], full_ctx.aux[k], atol=1e-12, rtol=1e-12)
+    assert_rows_subset_matches(ffn, x, context)
 
 
 def test_sharcs_counts_each_rows_width():

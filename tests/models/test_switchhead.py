@@ -13,6 +13,7 @@ from ponder.errors import ConfigError
 from ponder.models.kinds import ATTENTIONS
 from ponder.models.layers import AttnContext, Block, BlockSpec
 from ponder.models.switchhead import SwitchHead, SwitchHeadKnobs
+from tests.batches import assert_same_gradients
 
 B, L, D, H, E, K = 2, 5, 8, 2, 3, 2
 
@@ -73,17 +74,10 @@ def test_switchhead_block_equals_slow_loop(causal):
     torch.testing.assert_close(ctx.aux["switchhead_entropy"], reg, atol=1e-12, rtol=1e-10)
     loss = (fast * up)[mask].sum() + ctx.aux["switchhead_entropy"]
     loss_ref = sum((r * up[b, i]).sum() for (b, i), r in ref.items()) + reg
-    params = [x] + list(block.parameters())
-    names = ["x"] + [n for n, _ in block.named_parameters()]
-    got = torch.autograd.grad(loss, params, allow_unused=True)
-    want = torch.autograd.grad(loss_ref, params, allow_unused=True)
-    for name, p, a, b_ in zip(names, params, got, want):
-        zero = torch.zeros_like(p)
-        torch.testing.assert_close(zero if a is None else a, zero if b_ is None else b_,
-                                   atol=1e-10, rtol=1e-8, msg=name)
+    grads = assert_same_gradients(loss, loss_ref, block, x)
     # the selections are on the gradient path (through the gates of the chosen experts)
     for sel in ("attn.v_sel.weight", "attn.o_sel.weight"):
-        assert float(got[names.index(sel)].abs().sum()) > 0, sel
+        assert float(grads[sel].abs().sum()) > 0, sel
 
 
 def test_switchhead_flops_and_knobs():

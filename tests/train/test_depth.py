@@ -16,7 +16,8 @@ from ponder.models.layers import AttnContext
 from ponder.train.checkpoint import load_checkpoint
 from ponder.train.config import DepthConfig, load_config
 from ponder.train.depth import draw_steps, forward_kwargs
-from ponder.train.trainer import Trainer, train
+from ponder.train.trainer import train
+from tests.references import train_killed_at
 
 
 def draws(depth: DepthConfig, max_steps: int, n: int = 4000, seed: int = 0) -> list[int]:
@@ -147,19 +148,7 @@ def test_a_run_interrupted_and_resumed_draws_the_same_depths(tmp_path, monkeypat
     assert len(set(loops)) > 1
 
     killed = tmp_path / "killed"
-    real = Trainer._train_step
-    calls = {"n": 0}
-
-    def dies_at_step_6(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(self, batch)
-
-    monkeypatch.setattr(Trainer, "_train_step", dies_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        train(load_config(None, TINY), killed, progress="none")
-    monkeypatch.setattr(Trainer, "_train_step", real)
+    train_killed_at(load_config(None, TINY), killed, monkeypatch, call=6)
     assert load_checkpoint(killed).step == 4
     train(load_config(None, TINY), killed, progress="none")
     a, b = load_checkpoint(reference), load_checkpoint(killed)

@@ -17,7 +17,8 @@ from ponder.models.layers import AttnContext
 from ponder.train.checkpoint import load_checkpoint
 from ponder.train.config import load_config
 from ponder.train.segments import forward_segments
-from ponder.train.trainer import Trainer, train
+from ponder.train.trainer import train
+from tests.references import train_killed_at
 
 
 def model_and_batch(policy="fixed", **kw):
@@ -116,19 +117,7 @@ def test_a_run_interrupted_and_resumed_is_exact(tmp_path, monkeypatch):
     reference = tmp_path / "reference"
     train(load_config(None, [*TINY, *steps]), reference, progress="none")
     killed = tmp_path / "killed"
-    real = Trainer._train_step
-    calls = {"n": 0}
-
-    def dies_at_step_6(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(self, batch)
-
-    monkeypatch.setattr(Trainer, "_train_step", dies_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        train(load_config(None, [*TINY, *steps]), killed, progress="none")
-    monkeypatch.setattr(Trainer, "_train_step", real)
+    train_killed_at(load_config(None, [*TINY, *steps]), killed, monkeypatch, call=6)
     assert load_checkpoint(killed).step == 4
     train(load_config(None, [*TINY, *steps]), killed, progress="none")
     a, b = load_checkpoint(reference), load_checkpoint(killed)
