@@ -24,7 +24,8 @@ CONFIGS = REPO / "configs"
 
 def _args(**kw):
     base = dict(experiment="anira", seeds=None, steps=None, jobs=2, threads=1, n=100, executor=None,
-                address=None, configs=str(CONFIGS), only=None, out="runs-x", set=None, doc=None)
+                address=None, configs=str(CONFIGS), only=None, out="runs-x", set=None, doc=None,
+                resume=False, ledger=None, from_ledger=False)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -61,7 +62,9 @@ def test_plan_makes_one_job_per_task_policy_seed_with_the_right_config():
     assert len(works) == len(settings) * len(POLICIES) * 3
     names = [w.name for w in works]
     assert len(set(names)) == len(names) and len({w.run_dir for w in works}) == len(works)
-    assert names[:3] == [f"{sorted(settings)[0]}/fixed/seed{s}" for s in range(3)]
+    per_seed = len(settings) * len(POLICIES)       # seed-major: whole seeds first
+    assert names[:2] == [f"{sorted(settings)[0]}/fixed/seed0", f"{sorted(settings)[0]}/anira_e/seed0"]
+    assert all(n.endswith(f"seed{i // per_seed}") for i, n in enumerate(names))
     for w in works:
         task, policy, seed = w.name.split("/")
         cfg = load_config(w.config, list(w.overrides))
@@ -79,8 +82,8 @@ def test_plan_makes_one_job_per_task_policy_seed_with_the_right_config():
 
 def test_plan_only_steps_and_seeds():
     works = plan(_args(only=["parity", "anira_o", "act"], seeds=2, steps=7, threads=2))
-    assert [w.name for w in works] == ["parity/anira_o/seed0", "parity/anira_o/seed1",
-                                       "parity/act/seed0", "parity/act/seed1"]
+    assert [w.name for w in works] == ["parity/anira_o/seed0", "parity/act/seed0",
+                                       "parity/anira_o/seed1", "parity/act/seed1"]
     for w in works:
         cfg = load_config(w.config, list(w.overrides))
         assert cfg.run.steps == 7 and cfg.run.threads == 2 and w.threads == 2
@@ -290,6 +293,55 @@ def test_tiny_anira_end_to_end(tmp_path, capsys):
         row = next(line for line in text.splitlines() if line.startswith(f"| {task} |"))
         verdicts = [c.strip() for c in row.strip("|").split("|")][1:]
         assert verdicts == [results["findings"][task][f]["verdict"] for f in fnd.FINDINGS]
+
+
+def test_resume_keeps_the_ledgers_finished_runs_and_reruns_the_rest(tmp_path, capsys):
+    """A study killed half-way (here: a ledger missing one run) continues with ``--resume``:
+    the finished run is neither re-trained nor deleted; a changed config is re-run."""
+    out, doc = tmp_path / "runs", tmp_path / "anira.md"
+    argv = ["reproduce", "anira", "--only", "parity", "anira_o", "anira_e", "--seeds", "1",
+            "--steps", "2", "--n", "8", "--jobs", "1", "--out", str(out), "--doc", str(doc),
+            "--no-report", "--set", *TINY_SET]
+    assert main(argv) == 0
+    ledger = tmp_path / "anira_runs.jsonl"          # beside --doc
+    rows = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert sorted(r["name"] for r in rows) == ["parity/anira_e/seed0", "parity/anira_o/seed0"]
+    kept = next(r for r in rows if r["name"] == "parity/anira_o/seed0")
+    ledger.write_text(json.dumps(kept) + "\n")      # as if killed after the first run
+    stamp = (out / "parity/anira_o/seed0/result.json").stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert main([*argv, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 finished earlier" in printed and "[1/1] parity/anira_e/seed0: ok" in printed
+    assert (out / "parity/anira_o/seed0/result.json").stat().st_mtime_ns == stamp   # not re-trained
+    results = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in results["runs"]] == ["parity/anira_e/seed0", "parity/anira_o/seed0"]
+    assert results["runs"][1] == kept
+    assert "1 of them were kept from an earlier invocation" in doc.read_text()
+
+    # --from-ledger trains nothing and writes the results of what the ledger holds
+    doc.unlink()
+    assert main([*argv, "--from-ledger"]) == 0
+    assert "0 to run" in capsys.readouterr().out and "## Findings per task" in doc.read_text()
+
+    # another step cap, or other evaluated examples, is another key: nothing is kept
+    from ponder.apps.anira import read_ledger, reusable
+
+    base = dict(only=["parity", "anira_o"], seeds=1, set=TINY_SET, out=str(out))
+    assert set(reusable(plan(_args(**base, steps=2, n=8)), read_ledger(ledger))) == {"parity/anira_o/seed0"}
+    assert reusable(plan(_args(**base, steps=3, n=8)), read_ledger(ledger)) == {}
+    assert reusable(plan(_args(**base, steps=2, n=9)), read_ledger(ledger)) == {}
+    assert set(reusable(plan(_args(**base, steps=2, n=8, threads=2)), read_ledger(ledger))) == {"parity/anira_o/seed0"}
+
+
+def test_a_corrupt_ledger_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "anira_runs.jsonl").write_text('{"name": "parity/anira_o/seed0"}\nnot json\n')
+    code = main(["reproduce", "anira", "--only", "parity", "anira_o", "--seeds", "1", "--resume",
+                 "--out", str(tmp_path / "runs"), "--doc", str(tmp_path / "anira.md")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "line 2 is not a ledger row" in err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_results_file_lists_means_cis_verdicts_and_failed_runs():

@@ -98,7 +98,7 @@ def _split_only(only: Optional[list[str]], tasks: list[str]) -> tuple[list[str],
 
 def plan(args: argparse.Namespace) -> list[Work]:
     """Check the arguments and every run's config (no training yet): one Work per run, in
-    queue order (task, policy, seed)."""
+    queue order (seed, task, policy)."""
     from ponder.train import configs_dir, load_config, validate_names
 
     args.seeds = DEFAULT_SEEDS if args.seeds is None else args.seeds
@@ -115,7 +115,7 @@ def plan(args: argparse.Namespace) -> list[Work]:
     settings = read_tasks(configs)
     tasks, policies = _split_only(args.only, list(settings))
     out = Path(args.out or "runs/reproduce/anira")
-    works: list[Work] = []
+    bases: list[tuple[str, str, Path, list[str]]] = []
     vocabs: dict[str, Any] = {}
     for task in tasks:
         for policy in policies:
@@ -130,11 +130,28 @@ def plan(args: argparse.Namespace) -> list[Work]:
             if cfg.policy.name != policy:
                 raise ConfigError(f"{path}: policy.name is {cfg.policy.name!r}, expected {policy!r}")
             _check_builds(cfg, vocabs)
-            for seed in range(args.seeds):
-                name = run_name(task, policy, seed)
-                works.append(Work(name, str(path), (*base, f"run.seed={seed}"), str(out / name),
-                                  args.n, args.threads))
+            bases.append((task, policy, path, base))
+    works: list[Work] = []
+    for seed in range(args.seeds):   # seed-major: a study stopped half-way has whole seeds
+        for task, policy, path, base in bases:
+            name = run_name(task, policy, seed)
+            overrides = (*base, f"run.seed={seed}")
+            works.append(Work(name, str(path), overrides, str(out / name), args.n, args.threads,
+                              key=run_key(load_config(path, list(overrides)), args.n)))
     return works
+
+
+def run_key(cfg: Any, n: int) -> str:
+    """What a run's result depends on: its resolved config (but the thread count, which
+    changes the speed only) and the number of evaluated examples. Code changes are not in
+    the key: re-run from scratch (without ``--resume``) after changing the code."""
+    import dataclasses
+    import hashlib
+
+    config = dataclasses.asdict(cfg)
+    config["run"].pop("threads", None)
+    text = json.dumps({"config": config, "n": n}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _check_builds(cfg: Any, vocabs: dict[str, Any]) -> None:
@@ -174,6 +191,46 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+# -- the ledger: one row per finished run, so that a study can be resumed ---------------------
+def ledger_path(args: argparse.Namespace, out: Path) -> Path:
+    """``--ledger``, else beside the results file: docs/results/anira_runs.jsonl for the full
+    study (committed with it, so a later session can ``--resume`` it), OUT/anira_runs.jsonl
+    for an ``--only`` subset."""
+    if args.ledger:
+        return Path(args.ledger)
+    doc = doc_path(args, out)
+    return doc.with_name(doc.stem + "_runs.jsonl")
+
+
+def read_ledger(path: Path) -> dict[str, dict[str, Any]]:
+    """The ledger's rows by run name (a later row of a name replaces an earlier one)."""
+    if not path.exists():
+        return {}
+    rows: dict[str, dict[str, Any]] = {}
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows[row["name"]] = row
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"{str(path)!r} line {i} is not a ledger row; fix or remove the file") from None
+    return rows
+
+
+def write_ledger(path: Path, rows: dict[str, dict[str, Any]]) -> None:
+    from ponder.train import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows.values()))
+
+
+def reusable(works: list[Work], ledger: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The ledger's rows that stand for a planned run: same name and key, not failed."""
+    return {w.name: ledger[w.name] for w in works
+            if w.name in ledger and ledger[w.name].get("key") == w.key and not ledger[w.name].get("failed")}
+
+
 def collect(work: Work, outcome: Outcome) -> dict[str, Any]:
     """One results row (the findings' input) from a run directory."""
     task, policy, seed = work.name.split("/")
@@ -191,7 +248,8 @@ def collect(work: Work, outcome: Outcome) -> dict[str, Any]:
             "max_steps": valid.get("max_steps"),
             "rho": ((analysis.get("alignment") or {}).get("valid") or {}).get("rho"),
             "timing": ((analysis.get("decision_timing") or {}).get("valid") or {}).get("nonlinear"),
-            "n_valid": valid.get("n_examples"), "n_ood": ood.get("n_examples")}
+            "n_valid": valid.get("n_examples"), "n_ood": ood.get("n_examples"), "key": work.key,
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 # -- the results file ----------------------------------------------------------------------
@@ -216,8 +274,12 @@ METRIC_COLUMNS = ("policy", "runs", "valid acc", "ood acc", "mean steps valid", 
 
 
 def results_markdown(rows: list[dict[str, Any]], result: dict[str, dict[str, Any]], *,
-                     command: str, mach: dict[str, Any]) -> str:
+                     command: str, mach: dict[str, Any], ledger: Optional[str] = None,
+                     resumed: int = 0, jobs: int = 1) -> str:
     seeds = sorted({r["seed"] for r in rows})
+    finished = sorted(r["finished"] for r in rows if r.get("finished"))
+    commits = sorted({r["commit"] for r in rows if r.get("commit")})
+    hours = sum(r.get("wall_s") or 0.0 for r in rows) / 3600
     lines = ["# Reproduction: anira", "",
              f"Generated by `ponder reproduce anira` on {mach['date']} (commit {mach['commit']}); "
              f"do not edit above the notes mark.", "", "Command:", "", "```", command, "```", "",
@@ -225,6 +287,10 @@ def results_markdown(rows: list[dict[str, Any]], result: dict[str, dict[str, Any
              f"Python {mach['python']}. Load average (1/5/15 min) at the start "
              f"{' / '.join(f'{x:.2f}' for x in mach['load_start'])}, at the end "
              f"{' / '.join(f'{x:.2f}' for x in mach['load_end'])}.", "",
+             *([f"Runs finished {finished[0]} – {finished[-1]} (commits {', '.join(commits)}); "
+                f"{resumed} of them were kept from an earlier invocation (`--resume`, ledger "
+                f"`{ledger}`). Every run's own wall time summed: {hours:.1f} h, so ≈ {hours / jobs:.1f} h "
+                f"of wall clock at {jobs} at a time.", ""] if finished else []),
              f"{len(rows)} runs, seeds {', '.join(map(str, seeds))}. Means over seeds with "
              f"{fnd.CONFIDENCE:.0%} Student-t CIs over seeds in brackets. Rules "
              f"(`ponder.apps.findings`): (1) CI of ρ above 0; (2) mean valid acc ≥ {fnd.LEARNED} and "
@@ -270,6 +336,12 @@ def command_line(args: argparse.Namespace) -> str:
                         ("--configs", args.configs), ("--doc", args.doc)):
         if value is not None:
             parts += [flag, str(value)]
+    if args.resume:
+        parts.append("--resume")
+    if args.from_ledger:
+        parts.append("--from-ledger")
+    if args.ledger:
+        parts += ["--ledger", args.ledger]
     if args.only:
         parts += ["--only", *args.only]
     if args.set:
@@ -290,35 +362,53 @@ def run(args: argparse.Namespace) -> int:
     load_start = os.getloadavg()
     t0 = time.perf_counter()
     works = plan(args)
-    prepare_out(works)
     out = Path(args.out or "runs/reproduce/anira")
-    print(f"ponder reproduce anira: {len(works)} runs, {args.executor} executor, {args.jobs} at a "
-          f"time with {args.threads} thread(s) each → {out}/", flush=True)
+    ledger_file = ledger_path(args, out)
+    ledger = read_ledger(ledger_file)
+    kept = reusable(works, ledger) if args.resume or args.from_ledger else {}
+    if args.from_ledger:      # run nothing: the results of what the ledger holds (maybe partial)
+        works = [w for w in works if w.name in kept]
+        if not works:
+            raise ConfigError(f"{str(ledger_file)!r} holds no finished run of this study")
+    todo = [w for w in works if w.name not in kept]
+    prepare_out(todo)
+    for w in todo:            # a planned run's old row goes: it is re-run
+        ledger.pop(w.name, None)
+    commit = machine(load_start)["commit"]
+    print(f"ponder reproduce anira: {len(works)} runs"
+          + (f" ({len(kept)} finished earlier, in {ledger_file}; {len(todo)} to run)" if kept or args.resume else "")
+          + f", {args.executor} executor, {args.jobs} at a time with {args.threads} thread(s) each → {out}/",
+          flush=True)
     executor = make_executor(args.executor, jobs=args.jobs, threads=args.threads, address=args.address)
+    by_name = {w.name: w for w in todo}
     count = [0]
 
     def done(outcome: Outcome) -> None:
         count[0] += 1
         state = "ok" if outcome.ok else f"FAILED in {outcome.failed_at}: {outcome.error}"
-        print(f"[{count[0]}/{len(works)}] {outcome.name}: {state} ({outcome.wall_s:.0f}s)", flush=True)
+        print(f"[{count[0]}/{len(todo)}] {outcome.name}: {state} ({outcome.wall_s:.0f}s)", flush=True)
+        # into the ledger at once: a study killed half-way keeps what it finished
+        ledger[outcome.name] = {**collect(by_name[outcome.name], outcome), "commit": commit}
+        write_ledger(ledger_file, ledger)
 
-    outcomes = executor.map(run_work, works, done)
-    rows = [collect(w, o) for w, o in zip(works, outcomes)]
+    executor.map(run_work, todo, done)
+    rows = [ledger[w.name] for w in works]
     result = fnd.task_findings(rows)
     atomic_write_text(out / "results.json", json.dumps({"runs": rows, "findings": result}, indent=1))
     report = None
-    ok_dirs = [r["run_dir"] for r in rows if not r["failed"]]
+    ok_dirs = [r["run_dir"] for r in rows if not r["failed"] and Path(r["run_dir"], "eval").is_dir()]
     if ok_dirs and not args.no_report:
         from ponder.analysis import write_report
 
         report = str(write_report(ok_dirs, out / "report.html"))
     doc = doc_path(args, out)
-    text = results_markdown(rows, result, command=command_line(args), mach=machine(load_start))
+    text = results_markdown(rows, result, command=command_line(args), mach=machine(load_start),
+                            ledger=str(ledger_file), resumed=len(kept), jobs=args.jobs)
     if report:
-        text += f"\nReport of all runs: `{report}`.\n"
+        text += f"\nReport of {len(ok_dirs)} runs: `{report}`.\n"
     write_doc(doc, text)
     print(text)
-    print(f"results: {doc} and {out / 'results.json'}" + (f"; report: {report}" if report else ""))
+    print(f"results: {doc}, {ledger_file} and {out / 'results.json'}" + (f"; report: {report}" if report else ""))
     print(f"done in {time.perf_counter() - t0:.0f}s")
     failed = [r["name"] for r in rows if r["failed"]]
     if failed:
@@ -333,6 +423,12 @@ def run(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options only ``anira`` reads (the rest are ``ponder reproduce``'s)."""
     p.add_argument("--seeds", type=int, default=None, help="anira: seeds per task × policy (default 3)")
+    p.add_argument("--resume", action="store_true",
+                   help="anira: keep the runs the ledger holds with the same config; run the rest")
+    p.add_argument("--from-ledger", action="store_true",
+                   help="anira: run nothing; write the results of the runs the ledger holds")
+    p.add_argument("--ledger", default=None, help="anira: the file of finished runs (default: beside "
+                                                   "the results file, NAME_runs.jsonl)")
     p.add_argument("--executor", default=None,
                    help=f"anira: {' or '.join(EXECUTORS)} (default local: a process pool of --jobs)")
     p.add_argument("--address", default=None, help="anira, --executor ray: the cluster (HOST:PORT or "

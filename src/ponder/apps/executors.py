@@ -38,6 +38,8 @@ class Work:
     run_dir: str
     n: int
     threads: int
+    key: str = ""     # what the run's result depends on (resolved config, n): a study's ledger
+                      # reuses a finished run only while its key is the same
 
 
 @dataclass

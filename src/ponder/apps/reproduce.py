@@ -399,7 +399,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.experiment == "anira":
         return anira.run(args)
-    for flag, value in (("--seeds", args.seeds), ("--executor", args.executor), ("--address", args.address)):
+    for flag, value in (("--seeds", args.seeds), ("--executor", args.executor), ("--address", args.address),
+                        ("--ledger", args.ledger), ("--resume", args.resume or None),
+                        ("--from-ledger", args.from_ledger or None)):
         if value is not None:
             raise ConfigError(f"{flag} is an option of `ponder reproduce anira` only")
     load_start = os.getloadavg()
