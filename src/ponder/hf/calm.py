@@ -51,8 +51,9 @@ def as_rule(rule: Union[str, ConfidenceExit]) -> ConfidenceExit:
 def calm_generate(model: nn.Module, prompt: list[int], *, rule: Union[str, ConfidenceExit],
                   max_new: int, eos: Optional[int], min_layer: int = 1,
                   sampling: Sampling = Sampling(), generator: Optional[torch.Generator] = None,
-                  stack: Optional[LayerStack] = None) -> CalmResult:
-    """Generate up to ``max_new`` tokens after ``prompt`` with per-token exits (batch 1)."""
+                  stack: Optional[LayerStack] = None, cache=None) -> CalmResult:
+    """Generate up to ``max_new`` tokens after ``prompt`` with per-token exits (batch 1);
+    ``cache``: an empty ``DynamicCache`` to fill (default a new one; tests inspect it)."""
     stack = stack or LayerStack(model)
     rule = as_rule(rule)
     L = stack.L
@@ -61,7 +62,7 @@ def calm_generate(model: nn.Module, prompt: list[int], *, rule: Union[str, Confi
     if max_new < 1 or not prompt:
         raise ConfigError("calm_generate needs a non-empty prompt and max_new >= 1")
     t0 = time.perf_counter()
-    cache = stack.new_cache()
+    cache = stack.new_cache() if cache is None else cache
     ids = torch.tensor([prompt], device=stack.device)
     h = stack.run(ids, P=0, cache=cache)
     y = int(sampling.pick(stack.readout(h[:, -1])[0], generator))

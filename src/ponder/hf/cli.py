@@ -69,14 +69,28 @@ def hf_train(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    knobs = _knobs(args.knob)
-    task, vocab = _task(args.task, knobs)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {str(out)!r} exists and is not empty")
-    model = tiny_llama(vocab_size=len(vocab), layers=args.layers, d_model=args.d_model,
-                       heads=args.heads, max_len=args.max_len, pad_id=vocab.pad_id,
-                       eos_id=vocab.stoi[EOS], seed=args.seed)
+    if args.init:  # fine-tune an earlier hf-train output, on its own task
+        model, _, saved = load_model(args.init)
+        if saved is None:
+            raise ConfigError(f"--init {args.init!r} is not an hf-train output (no {TASK_FILE})")
+        if args.task is not None and args.task != saved["task"] or args.knob:
+            raise ConfigError("--init trains on the saved model's task: drop --task/--knob")
+        knobs = saved["knobs"]
+        task, vocab = _task(saved["task"], knobs)
+        if vocab.itos != saved["itos"]:
+            raise ConfigError("the task's vocabulary no longer matches the saved model's")
+    else:
+        if args.task is None:
+            raise ConfigError("hf-train needs --task (or --init MODEL_DIR)")
+        knobs = _knobs(args.knob)
+        task, vocab = _task(args.task, knobs)
+        model = tiny_llama(vocab_size=len(vocab), layers=args.layers, d_model=args.d_model,
+                           heads=args.heads, max_len=args.max_len, pad_id=vocab.pad_id,
+                           eos_id=vocab.stoi[EOS], seed=args.seed)
+    task_name = saved["task"] if args.init else args.task
     valid = _valid_batches(task, vocab, args.valid_batches, args.batch_size)
     before = layer_agreement(model, valid)
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
@@ -87,10 +101,12 @@ def hf_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     __import__("transformers").utils.logging.disable_progress_bar()  # one line per result
     model.save_pretrained(out)
-    summary = {"task": args.task, "knobs": knobs, "itos": vocab.itos, "steps": args.steps,
+    c = model.config
+    summary = {"task": task_name, "knobs": knobs, "init": args.init, "itos": vocab.itos, "steps": args.steps,
                "batch_size": args.batch_size, "lr": args.lr, "layer_dropout": args.layer_dropout,
                "dropout_rates": res["rates"], "exit_scale": args.exit_scale, "seed": args.seed,
-               "layers": args.layers, "d_model": args.d_model, "heads": args.heads,
+               "layers": c.num_hidden_layers, "d_model": c.hidden_size,
+               "heads": c.num_attention_heads,
                "first_loss": res["losses"][0], "last_loss": res["losses"][-1],
                "mean_loss_first10": sum(res["losses"][:10]) / len(res["losses"][:10]),
                "mean_loss_last10": sum(res["losses"][-10:]) / len(res["losses"][-10:]),
@@ -99,7 +115,7 @@ def hf_train(args: argparse.Namespace) -> int:
                "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
                "valid_positions": after["positions"]}
     (out / TASK_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"hf-train {args.task}: loss {summary['mean_loss_first10']:.4f} → "
+    print(f"hf-train {task_name}: loss {summary['mean_loss_first10']:.4f} → "
           f"{summary['mean_loss_last10']:.4f} (means of the first/last 10 steps) → {out}")
     for name, d in (("before", before), ("after", after)):
         print(f"  {name:<6} agreement with layer L: " + " ".join(f"{a:.3f}" for a in d["agreement"])
@@ -182,7 +198,9 @@ def hf_bench(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("hf-train", help="fine-tune a tiny Llama for early exit on a task's LM view",
                               description=hf_train.__doc__ or __doc__.splitlines()[0])
-    p.add_argument("--task", required=True, help="a ponder task (its LM view is trained)")
+    p.add_argument("--task", default=None, help="a ponder task (its LM view is trained)")
+    p.add_argument("--init", default=None, metavar="MODEL_DIR",
+                   help="fine-tune this hf-train output (its task) instead of a new tiny Llama")
     p.add_argument("--knob", action="append", metavar="NAME=VALUE", help="task knob (repeatable)")
     p.add_argument("--steps", type=int, default=400, help="training steps (the budget)")
     p.add_argument("--batch-size", type=int, default=32)

@@ -121,7 +121,7 @@ def train_early_exit(model: nn.Module, task, vocab, *, steps: int, batch_size: i
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if (step + 1) % log_every == 0 or step == steps - 1:
             log(f"step {step + 1}/{steps}: loss {losses[-1]:.4f}, per-layer CE "
                 + " ".join(f"{c:.3f}" for c in ces))
