@@ -63,11 +63,14 @@ def hf_train(args: argparse.Namespace) -> int:
     import torch
 
     from ponder.hf.agreement import layer_agreement
-    from ponder.hf.recipe import tiny_llama, train_early_exit
+    from ponder.hf.recipe import dropout_rates, tiny_llama, train_early_exit
     from ponder.tasks.lm import EOS
 
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    dropout_rates(2, args.layer_dropout)  # bad knobs fail before any model is built
+    if args.steps < 1 or args.batch_size < 1 or not args.lr > 0 or args.exit_scale < 0:
+        raise ConfigError("hf-train needs --steps >= 1, --batch-size >= 1, --lr > 0, --exit-scale >= 0")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
