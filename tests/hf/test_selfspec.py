@@ -40,6 +40,17 @@ def test_greedy_self_speculation_equals_plain_generate(name, seed, plen):
                     assert s.num_accepted_tokens == s.num_draft_tokens
 
 
+def test_eager_attention_gets_explicit_masks():
+    model = tiny("l4", seed=8)
+    model.set_attn_implementation("eager")  # no causal flag: every chunk needs its mask
+    ids = prompt(model, 6, 8)
+    ref = model.generate(ids, do_sample=False, max_new_tokens=12)
+    for E in (1, 3):
+        out = model.generate(ids, do_sample=False, max_new_tokens=12, exit_layer=E, draft_k=3,
+                             custom_generate=self_speculative_custom_generate)
+        assert torch.equal(out, ref)
+
+
 def test_eos_stops_like_plain_generate():
     model = tiny("l4", seed=4)
     ids = prompt(model, 6, 4)
