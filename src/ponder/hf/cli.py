@@ -64,8 +64,11 @@ def hf_train(args: argparse.Namespace) -> int:
 
     from ponder.hf.agreement import layer_agreement
     from ponder.hf.recipe import dropout_rates, tiny_llama, train_early_exit
+    from ponder.hf.stack import require_transformers
     from ponder.tasks.lm import EOS
+    from ponder.train.checkpoint import atomic_write_text
 
+    require_transformers()
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
     dropout_rates(2, args.layer_dropout)  # bad knobs fail before any model is built
@@ -79,7 +82,7 @@ def hf_train(args: argparse.Namespace) -> int:
         model, _, saved = load_model(args.init)
         if saved is None:
             raise ConfigError(f"--init {args.init!r} is not an hf-train output (no {TASK_FILE})")
-        if args.task is not None and args.task != saved["task"] or args.knob:
+        if (args.task is not None and args.task != saved["task"]) or args.knob:
             raise ConfigError("--init trains on the saved model's task: drop --task/--knob")
         knobs = saved["knobs"]
         task, vocab = _task(saved["task"], knobs)
@@ -102,7 +105,7 @@ def hf_train(args: argparse.Namespace) -> int:
                            seed=args.seed, log=log, log_every=args.log_every)
     after = layer_agreement(model, valid)
     out.mkdir(parents=True, exist_ok=True)
-    __import__("transformers").utils.logging.disable_progress_bar()  # one line per result
+    require_transformers().utils.logging.disable_progress_bar()  # one line per result
     model.save_pretrained(out)
     c = model.config
     summary = {"task": task_name, "knobs": knobs, "init": args.init, "itos": vocab.itos, "steps": args.steps,
@@ -117,7 +120,7 @@ def hf_train(args: argparse.Namespace) -> int:
                "agreement_before": before["agreement"], "agreement_after": after["agreement"],
                "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
                "valid_positions": after["positions"]}
-    (out / TASK_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / TASK_FILE, json.dumps(summary, indent=2) + "\n")
     print(f"hf-train {task_name}: loss {summary['mean_loss_first10']:.4f} → "
           f"{summary['mean_loss_last10']:.4f} (means of the first/last 10 steps) → {out}")
     for name, d in (("before", before), ("after", after)):
@@ -162,8 +165,9 @@ def hf_bench(args: argparse.Namespace) -> int:
 
     from ponder.benchmarking.timing import emit, machine
     from ponder.hf.bench import HFBench, bench_hf, print_hf
-    from ponder.hf.stack import LayerStack
+    from ponder.hf.stack import LayerStack, require_transformers
 
+    require_transformers()
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
     if args.n < 1:
