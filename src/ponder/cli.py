@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "ponder.analysis.cli",
     "ponder.cascade.cli",
     "ponder.generate.cli",
+    "ponder.hf.cli",
     "ponder.apps.bench",
     "ponder.apps.demo",
     "ponder.apps.reproduce",

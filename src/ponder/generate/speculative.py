@@ -209,9 +209,15 @@ def _unsure(logits: torch.Tensor, stop: float) -> bool:
     return stop > 0 and float(torch.softmax(logits.double(), -1).max()) < stop
 
 
-def _run(prompts: list[list[int]], *, k: int, max_new: int, eos: Optional[int],
-         sampling: Sampling, generator: Optional[torch.Generator], make,
-         draft_stop: float = 0.0) -> SpecResult:
+def run_rounds(prompts: list[list[int]], *, k: int, max_new: int, eos: Optional[int],
+               sampling: Sampling, generator: Optional[torch.Generator], make,
+               draft_stop: float = 0.0) -> SpecResult:
+    """The draft–verify loop over each prompt (batch 1), whatever drafts and verifies:
+    ``make(capacity)`` returns an object with ``prefill(prompt, stats) → logits [V]``,
+    ``first(y)``, ``draft(kk, sampling, generator, stats, stop) → (drafts, their
+    distributions)``, ``verify(drafts, stats) → target logits [len(drafts)+1, V]`` and
+    ``settle(drafts, accepted, y)`` (the two classes here; ``ponder.hf`` adds one for a
+    Hugging Face model)."""
     if k < 0:
         raise ConfigError(f"k={k} draft tokens must be >= 0")
     if max_new < 1:
@@ -263,7 +269,7 @@ def speculative_generate(target: nn.Module, draft: nn.Module, prompts: list[list
                          draft_stop: float = 0.0) -> SpecResult:
     """Speculative decoding of each prompt with ``draft`` proposing up to ``k`` tokens per
     round (fewer when its top-1 probability falls below ``draft_stop``)."""
-    return _run(prompts, k=k, max_new=max_new, eos=eos, sampling=sampling, draft_stop=draft_stop,
+    return run_rounds(prompts, k=k, max_new=max_new, eos=eos, sampling=sampling, draft_stop=draft_stop,
                 generator=generator, make=lambda cap: _TwoModels(target, draft, cap))
 
 
@@ -275,5 +281,5 @@ def self_speculative_generate(model: nn.Module, prompts: list[list[int]], *, exi
                               draft_stop: float = 0.0) -> SpecResult:
     """Self-speculative decoding: draft with core steps 1..``exit_step`` (layers of a stack,
     or loop steps of a recurrent core), verify with the rest, one shared cache."""
-    return _run(prompts, k=k, max_new=max_new, eos=eos, sampling=sampling, draft_stop=draft_stop,
+    return run_rounds(prompts, k=k, max_new=max_new, eos=eos, sampling=sampling, draft_stop=draft_stop,
                 generator=generator, make=lambda cap: _SelfDraft(model, exit_step, cap))
