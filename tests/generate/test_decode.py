@@ -229,3 +229,15 @@ def test_learn_then_test_at_decode_time():
     with pytest.raises(ConfigError):
         calibrate_exit(model, prompts, measure="softmax", candidates=[], delta=0.1, epsilon=0.1,
                        max_new=3, eos=eos)
+
+
+def test_generation_without_the_flop_count_is_the_same_generation():
+    """``count_flops=False`` (the timed rounds of the decode bench) changes nothing but the
+    missing FLOP figures, with pads and EOS-stopped rows in the batch too."""
+    vocab, prompts, eos = lm_prompts("addition", 4)
+    model = tiny_model(len(vocab), kind="stacked", seed=0)
+    for rule in (None, ConfidenceExit(threshold=0.3)):
+        a = generate(model, prompts, max_new=8, eos=eos, rule=rule)
+        b = generate(model, prompts, max_new=8, eos=eos, rule=rule, count_flops=False)
+        assert a.tokens == b.tokens and a.steps == b.steps and a.forwards == b.forwards
+        assert b.flops == [[] for _ in prompts] and all(len(f) == len(t) for f, t in zip(a.flops, a.tokens))

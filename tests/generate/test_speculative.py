@@ -230,3 +230,35 @@ def test_greedy_fast_path_is_the_rule_on_one_hots():
         q = torch.nn.functional.one_hot(torch.tensor(ds, dtype=torch.long), V).double().view(1, k, V)
         n, y = accept(greedy.probs(logits)[None], q, torch.tensor([ds], dtype=torch.long).view(1, k), g)
         assert accept_greedy(logits, ds) == (int(n[0]), int(y[0]))
+
+
+# (kind, task, seed) whose random models write EOS at several lengths (at max_new too)
+@pytest.mark.parametrize("kind,task,seed", [("recurrent", "dyck", 3), ("recurrent", "addition", 1),
+                                            ("stacked", "dyck", 0), ("stacked", "copy", 2)])
+def test_drafting_stops_at_an_eos_draft(kind, task, seed):
+    """Nothing after an EOS draft is ever read (accepted, it ends the sequence; rejected, so
+    are its successors), so drafting stops there and the EOS column is never opened. With
+    the whole model as its own draft and k covering the answer, each sequence is one round:
+    its drafts are exactly the tokens after the first up to EOS (or up to max_new − 1 and a
+    bonus token), and the output stays the plain greedy output."""
+    vocab, prompts, eos = lm_prompts(task, 6)
+    max_new = 10
+    model = tiny_model(len(vocab), kind=kind, seed=seed, max_steps=3)
+    plain = generate(model, prompts, max_new=max_new, eos=eos)
+    lengths = [len(t) for t in plain.tokens]
+    early = [len(t) for t in plain.tokens if t[-1] == eos and 2 <= len(t) < max_new]
+    assert early, "the test must see EOS drafted before max_new"
+
+    def drafts(t: list[int]) -> int:  # the round drafts t[1:L], or t[1:L-1] and a bonus
+        L = len(t)
+        return 0 if L == 1 else L - 1 if t[-1] == eos and L < max_new else L - 2
+
+    out = self_speculative_generate(model, prompts, exit_step=3, k=12, max_new=max_new, eos=eos)
+    assert out.tokens == plain.tokens
+    assert out.stats.num_draft_tokens == sum(drafts(t) for t in plain.tokens)
+    assert out.stats.draft_acceptance_rate == 1.0
+    # the prompt, then per round the pending column and every draft's but an EOS draft's
+    assert out.stats.draft_forwards == sum(L if L > 1 else 1 for L in lengths)
+    two = speculative_generate(model, model, prompts, k=12, max_new=max_new, eos=eos)
+    assert two.tokens == plain.tokens
+    assert two.stats.num_draft_tokens == sum(drafts(t) for t in plain.tokens)

@@ -18,7 +18,9 @@ same batch size (wall clock, same run), the ideal speed-up (FLOPs per token, whe
 has them), whether the greedy output equals plain greedy, exact match against the task's
 answers, and for the speculative methods the vLLM acceptance metrics
 (:mod:`ponder.generate.metrics`). The machine may be shared: the ratios, not the absolute
-rates, are the result.
+rates, are the result. Round 0 (a warm-up, untimed) produces the outputs and counts FLOPs
+and steps; the timed rounds run without the FLOP count (bookkeeping the speculative loops
+do not do either) and must reproduce round 0's outputs.
 """
 
 from __future__ import annotations
@@ -90,11 +92,13 @@ def bench_decode(cfg: DecodeBench, *, log: Callable[[str], None] = lambda s: Non
     greedy = Sampling()
     kw = dict(max_new=cfg.max_new, eos=eos)
 
+    # fn(prompts, count): ``count`` asks for the FLOP count (round 0 only: the timed rounds
+    # skip that bookkeeping, which the speculative loops never do)
     def one_by_one(fn):
-        def go():
+        def go(count):
             toks, steps, flops, stats = [], [], [], None
             for p in prompts:
-                out = fn([p])
+                out = fn([p], count)
                 toks += out.tokens
                 if hasattr(out, "steps"):
                     steps += out.steps
@@ -107,10 +111,10 @@ def bench_decode(cfg: DecodeBench, *, log: Callable[[str], None] = lambda s: Non
         return go
 
     def batched(fn):
-        def go():
+        def go(count):
             toks, steps, flops = [], [], []
             for s in range(0, len(prompts), cfg.batch):
-                out = fn(prompts[s:s + cfg.batch])
+                out = fn(prompts[s:s + cfg.batch], count)
                 toks += out.tokens
                 steps += out.steps
                 flops += out.flops
@@ -118,33 +122,37 @@ def bench_decode(cfg: DecodeBench, *, log: Callable[[str], None] = lambda s: Non
         return go
 
     methods: dict[str, tuple[int, Callable]] = {
-        "plain": (1, one_by_one(lambda p: generate(model, p, sampling=greedy, pad=vocab.pad_id, **kw))),
-        "calm": (1, one_by_one(lambda p: generate(model, p, sampling=greedy, rule=rule,
-                                                  pad=vocab.pad_id, **kw))),
-        "self_spec": (1, one_by_one(lambda p: self_speculative_generate(
+        "plain": (1, one_by_one(lambda p, c: generate(model, p, sampling=greedy, pad=vocab.pad_id,
+                                                      count_flops=c, **kw))),
+        "calm": (1, one_by_one(lambda p, c: generate(model, p, sampling=greedy, rule=rule,
+                                                     pad=vocab.pad_id, count_flops=c, **kw))),
+        "self_spec": (1, one_by_one(lambda p, c: self_speculative_generate(
             model, p, exit_step=cfg.exit_step, k=cfg.k, sampling=greedy, draft_stop=cfg.draft_stop,
             **kw))),
     }
     if draft is not None:
-        methods["spec"] = (1, one_by_one(lambda p: speculative_generate(
+        methods["spec"] = (1, one_by_one(lambda p, c: speculative_generate(
             model, draft.model, p, k=cfg.k, sampling=greedy, draft_stop=cfg.draft_stop, **kw)))
     if cfg.batch > 1:
         methods["plain_batched"] = (cfg.batch, batched(
-            lambda p: generate(model, p, sampling=greedy, pad=vocab.pad_id, **kw)))
+            lambda p, c: generate(model, p, sampling=greedy, pad=vocab.pad_id, count_flops=c, **kw)))
         methods["calm_batched"] = (cfg.batch, batched(
-            lambda p: generate(model, p, sampling=greedy, rule=rule, pad=vocab.pad_id, **kw)))
+            lambda p, c: generate(model, p, sampling=greedy, rule=rule, pad=vocab.pad_id,
+                                  count_flops=c, **kw)))
     times: dict[str, list[float]] = {m: [] for m in methods}
     results: dict[str, Any] = {}
     torch.manual_seed(0)
-    for r in range(cfg.repeats + 1):  # round 0 warms up (allocations, first calls)
+    for r in range(cfg.repeats + 1):  # round 0 warms up (allocations, first calls) and counts
         for name, (_, fn) in methods.items():
             t0 = time.perf_counter()
-            res = fn()
+            res = fn(r == 0)
             dt = time.perf_counter() - t0
             if r == 0:
                 results[name] = res
             else:
                 times[name].append(dt)
+                if res[0] != results[name][0]:  # greedy decoding is deterministic
+                    raise RuntimeError(f"decode bench: {name} changed its output in round {r}")
         log(f"decode round {r}/{cfg.repeats}")
     plain_tokens = results["plain"][0]
     medians = {m: statistics.median(t) for m, t in times.items()}

@@ -17,7 +17,7 @@ tokens per call while every slot stays one rectangular buffer.
 
 from __future__ import annotations
 
-from typing import Hashable
+from typing import Hashable, Optional
 
 import torch
 
@@ -55,28 +55,39 @@ class KVCache:
             self.k[slot], self.v[slot] = wider(self.k[slot], 2), wider(self.v[slot], 2)
         self.capacity = cap
 
-    def open(self, valid: torch.Tensor) -> tuple[int, torch.Tensor]:
+    def open(self, valid: Optional[torch.Tensor], T: Optional[int] = None) -> tuple[int, torch.Tensor]:
         """Open ``T`` new columns; ``valid [B, T]`` marks the real tokens among them (each
-        sample's real tokens take its next positions in order). → (first column c0,
+        sample's real tokens take its next positions in order; None: all T are real, the
+        common case of batch-1 decoding, without the mask arithmetic). → (first column c0,
         positions [B, T] long)."""
-        B, T = valid.shape
+        if valid is None:
+            if T is None:
+                raise ValueError("open(None) needs T")
+        else:
+            T = valid.shape[1]
         c0 = self.columns
         self._grow(c0 + T)
-        pos = self.next_position[:, None] + valid.long().cumsum(1) - 1
-        pos = torch.where(valid, pos, torch.zeros_like(pos))
-        self.valid[:, c0:c0 + T] = valid
-        self.holes = self.holes or not bool(valid.all())
+        if valid is None:
+            pos = self.next_position[:, None] + torch.arange(T, device=self.device)
+            self.valid[:, c0:c0 + T] = True
+            self.next_position = self.next_position + T
+        else:
+            pos = self.next_position[:, None] + valid.long().cumsum(1) - 1
+            pos = torch.where(valid, pos, torch.zeros_like(pos))
+            self.valid[:, c0:c0 + T] = valid
+            self.holes = self.holes or not bool(valid.all())
+            self.next_position = self.next_position + valid.long().sum(1)
         self.position[:, c0:c0 + T] = pos
-        self.next_position = self.next_position + valid.long().sum(1)
         self.columns = c0 + T
         return c0, pos
 
     def truncate(self, columns: int) -> None:
         """Forget every column from ``columns`` on (in every slot)."""
         columns = min(columns, self.columns)
-        for b in range(self.B):  # positions of the forgotten real tokens are free again
-            gone = self.valid[b, columns:self.columns]
-            self.next_position[b] -= int(gone.sum())
+        if columns == self.columns:
+            return
+        # positions of the forgotten real tokens are free again
+        self.next_position = self.next_position - self.valid[:, columns:self.columns].sum(1)
         self.valid[:, columns:] = False
         self.columns = columns
         for slot in self.length:

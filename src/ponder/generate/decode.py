@@ -65,7 +65,7 @@ FILLS = ("propagate", "recompute")
 class Chunk:
     """What one call of :meth:`Decoder.extend` / :meth:`Decoder.deepen` returns.
 
-    logits  [B, T, V]    next-token logits of the chunk's tokens
+    logits  [B, T, V]    next-token logits of the chunk's tokens (None: ``extend(head=False)``)
     steps   [B, T] long  core steps each token ran (0 at holes)
     flops   [B, T] | None  forward FLOPs each token used (blocks entered, key/value
                          projections of skipped slots, head); float64; None when the decoder
@@ -76,7 +76,7 @@ class Chunk:
     valid   [B, T] bool  real tokens of the chunk
     """
 
-    logits: torch.Tensor
+    logits: Optional[torch.Tensor]
     steps: torch.Tensor
     flops: Optional[torch.Tensor]
     h: torch.Tensor
@@ -84,8 +84,9 @@ class Chunk:
     valid: torch.Tensor
 
 
-def check_decodable(model: nn.Module) -> None:
-    """Refuse a model the decoder cannot run (one ConfigError line)."""
+def check_decodable(model: nn.Module) -> list[Block]:
+    """Refuse a model the decoder cannot run (one ConfigError line); → its blocks in module
+    order."""
     kind = getattr(model, "kind", None)
     if kind not in ("recurrent", "stacked"):
         raise ConfigError(f"cached decoding runs recurrent and stacked models, not {kind!r}")
@@ -93,13 +94,10 @@ def check_decodable(model: nn.Module) -> None:
         raise ConfigError("cached decoding needs a causal model (model.causal=true)")
     if model.training:  # dropout would make the cached and the uncached passes differ
         raise ConfigError("cached decoding runs a model in eval mode (call model.eval())")
-    for block in model.modules():
-        if isinstance(block, Block) and block.router is not None:
-            raise ConfigError("cached decoding does not run block routers (model.router.kind=none)")
-
-
-def _block_list(model: nn.Module) -> list[Block]:
-    return [b for b in model.modules() if isinstance(b, Block)]
+    blocks = [b for b in model.modules() if isinstance(b, Block)]
+    if any(b.router is not None for b in blocks):
+        raise ConfigError("cached decoding does not run block routers (model.router.kind=none)")
+    return blocks
 
 
 class Decoder:
@@ -110,11 +108,10 @@ class Decoder:
 
     def __init__(self, model: nn.Module, *, batch: int, capacity: int = 64,
                  count_flops: bool = True) -> None:
-        check_decodable(model)
+        self.blocks = check_decodable(model)
         self.model = model
         self.cfg = model.cfg
         self.N = model.cfg.max_steps
-        self.blocks = _block_list(model)
         first = self.blocks[0]
         self.H, self.hd = first.attn.n_heads, first.attn.head_dim
         head = model.readout.head
@@ -136,7 +133,8 @@ class Decoder:
         if emb.part is not None:
             x = x + emb.part(emb.part_table[tokens]).sum(-2)
         if emb.pos is not None:
-            if int(pos.max()) >= emb.max_len:
+            # a position is below the number of opened columns: only then look at them
+            if self.cache.columns > emb.max_len and int(pos.max()) >= emb.max_len:
                 raise ConfigError(f"sequence length {int(pos.max()) + 1} exceeds max_len {emb.max_len}")
             x = x + emb.pos(pos)
         return x
@@ -189,12 +187,13 @@ class Decoder:
         return rows.index_copy(0, idx, out).view(B, T, D)
 
     def readout(self, h: torch.Tensor, c0: int, rope, mask: torch.Tensor, ctx: AttnContext,
-                coda: str = "coda", write: bool = True) -> torch.Tensor:
+                coda: str = "coda", write: bool = True, head: bool = True) -> Optional[torch.Tensor]:
         """h [B, T, D] → logits [B, T, V] through the coda (slots ``(coda, i)``) and head;
-        ``write=False`` peeks (the chunk's keys/values are attended to, not cached)."""
+        ``write=False`` peeks (the chunk's keys/values are attended to, not cached);
+        ``head=False`` only fills the coda's slots (→ None)."""
         for i, block in enumerate(self.model.readout.coda.blocks):
             h = self.block(block, (coda, i), h, c0, rope, mask, ctx, write=write)
-        return self.model.readout.head(self.model.readout.norm(h))
+        return self.model.readout.head(self.model.readout.norm(h)) if head else None
 
     def core(self, h: torch.Tensor, c0: int, rope, mask: torch.Tensor, ctx: AttnContext,
              valid: torch.Tensor, *, first: int, last: int, rule: Optional[ExitRule] = None,
@@ -205,6 +204,15 @@ class Decoder:
         [B, T] (= the former, or every step under the oracle), exit states [B, T, D] under
         ``fill="recompute"`` (None otherwise))."""
         model = self.model
+        if rule is None:  # every token runs every step: no per-step bookkeeping
+            for n in range(first, last + 1):
+                e = model.step_vector(n)
+                x = h if e is None else h + e
+                for g, block in enumerate(model.core_group(n).blocks):
+                    x = self.block(block, ("core", n, g), x, c0, rope, mask, ctx)
+                h = x
+            steps = valid.long() * (last - first + 1)
+            return h, steps, steps, None
         active = valid.clone()
         steps = torch.zeros_like(valid, dtype=torch.long)
         computed = torch.zeros_like(steps)
@@ -259,21 +267,25 @@ class Decoder:
     @torch.no_grad()
     def extend(self, tokens: torch.Tensor, valid: Optional[torch.Tensor] = None, *,
                rule: Optional[ExitRule] = None, fill: str = "propagate",
-               depth: Optional[int] = None, coda: str = "coda") -> Chunk:
+               depth: Optional[int] = None, coda: str = "coda", head: bool = True) -> Chunk:
         """Append and compute T columns: tokens, valid [B, T] (None: all real) → :class:`Chunk`.
 
         ``depth``: run core steps 1..depth only (a draft; ``coda="draft"`` reads it out
-        through the coda's own draft slots); ``rule``/``fill``: per-token exits."""
+        through the coda's own draft slots); ``rule``/``fill``: per-token exits;
+        ``head=False``: no logits (``Chunk.logits`` is None; the coda's slots are still
+        filled) — for a column whose prediction nobody reads."""
         if fill not in FILLS:
             raise ConfigError(f"unknown fill {fill!r}; fills: {', '.join(FILLS)}")
         B, T = tokens.shape
         if B != self.B:
             raise ConfigError(f"the decoder holds {self.B} sequences, got a batch of {B}")
-        valid = torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid.bool()
         last = self.N if depth is None else int(depth)
         if not 1 <= last <= self.N:
             raise ConfigError(f"depth={depth} must lie in 1..{self.N}")
-        c0, pos = self.cache.open(valid)
+        valid = None if valid is None else valid.bool()
+        c0, pos = self.cache.open(valid, T)
+        if valid is None:
+            valid = torch.ones_like(tokens, dtype=torch.bool)
         rope, mask = self.rope(pos), self.mask(c0, T)
         ctx = AttnContext(attn_mask=None, key_mask=valid, causal=True)
         h = self.embed(tokens, pos)
@@ -281,12 +293,12 @@ class Decoder:
             h = self.block(block, ("prelude", i), h, c0, rope, mask, ctx)
         h, steps, computed, exit_h = self.core(h, c0, rope, mask, ctx, valid, first=1, last=last,
                                                rule=rule, fill=fill, position=pos, coda=coda)
-        logits = self.readout(h, c0, rope, mask, ctx, coda=coda)
+        logits = self.readout(h, c0, rope, mask, ctx, coda=coda, head=head or exit_h is not None)
         if exit_h is not None:  # the oracle: the cache holds full depth, the answer the exit's
             logits = self.readout(exit_h, c0, rope, mask, ctx, coda=coda, write=False)
         flops = (self.count_flops(valid, self.n_keys(c0, T), computed, last, prelude=True)
                  if self.counting else None)
-        return Chunk(logits=logits, steps=steps * valid, flops=flops, h=h, c0=c0, valid=valid)
+        return Chunk(logits=logits, steps=steps, flops=flops, h=h, c0=c0, valid=valid)
 
     @torch.no_grad()
     def deepen(self, h: torch.Tensor, c0: int, *, first: int) -> Chunk:
@@ -301,7 +313,7 @@ class Decoder:
         logits = self.readout(h, c0, rope, mask, ctx)
         flops = (self.count_flops(valid, self.n_keys(c0, T), computed, self.N - first + 1,
                                   prelude=False) if self.counting else None)
-        return Chunk(logits=logits, steps=steps * valid, flops=flops, h=h, c0=c0, valid=valid)
+        return Chunk(logits=logits, steps=steps, flops=flops, h=h, c0=c0, valid=valid)
 
     def n_keys(self, c0: int, T: int) -> torch.Tensor:
         """[B, T] float64: the real keys each of the chunk's queries sees (itself included)."""

@@ -57,37 +57,47 @@ def last_real(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def generate(model: nn.Module, prompts: list[list[int]], *, max_new: int, eos: Optional[int],
              sampling: Sampling = Sampling(), rule: Optional[ExitRule] = None,
              fill: str = "propagate", generator: Optional[torch.Generator] = None,
-             keep_logits: bool = False, pad: int = 0, exit_prompt: bool = False) -> Generation:
+             keep_logits: bool = False, pad: int = 0, exit_prompt: bool = False,
+             count_flops: bool = True) -> Generation:
     """Generate up to ``max_new`` tokens after each prompt (stopping at ``eos``);
     ``exit_prompt``: the exit rule applies to the prompt's tokens too (as a sequence-level
-    forward under the same rule would)."""
+    forward under the same rule would); ``count_flops=False``: ``Generation.flops`` stays
+    empty (timing runs: the count is bookkeeping the speculative loops do not do either)."""
     if max_new < 1:
         raise ConfigError(f"max_new={max_new} must be at least 1")
     B = len(prompts)
     device = model.readout.head.weight.device
     tokens, valid = pad_prompts(prompts, pad, device)
-    dec = Decoder(model, batch=B, capacity=tokens.shape[1] + max_new)
-    chunk = dec.extend(tokens, valid, rule=rule if exit_prompt else None, fill=fill)
+    dec = Decoder(model, batch=B, capacity=tokens.shape[1] + max_new, count_flops=count_flops)
+    # a batch without pads is one block of real columns (the cache skips the mask arithmetic)
+    chunk = dec.extend(tokens, None if bool(valid.all()) else valid,
+                       rule=rule if exit_prompt else None, fill=fill)
     logits = last_real(chunk.logits, valid)
-    steps, flops = last_real(chunk.steps, valid), last_real(chunk.flops, valid)
+    steps = last_real(chunk.steps, valid)
+    flops = last_real(chunk.flops, valid) if count_flops else None
     out = Generation([[] for _ in range(B)], [[] for _ in range(B)], [[] for _ in range(B)],
                      [[] for _ in range(B)] if keep_logits else [], forwards=1)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+    done = [False] * B
     for t in range(max_new):
         nxt = sampling.pick(logits, generator)
+        ids, n_steps = nxt.tolist(), steps.tolist()  # one conversion per call, not per sample
+        f_list = flops.tolist() if count_flops else None
         for b in range(B):
             if done[b]:
                 continue
-            out.tokens[b].append(int(nxt[b]))
-            out.steps[b].append(int(steps[b]))
-            out.flops[b].append(float(flops[b]))
+            out.tokens[b].append(ids[b])
+            out.steps[b].append(n_steps[b])
+            if count_flops:
+                out.flops[b].append(f_list[b])
             if keep_logits:
                 out.logits[b].append(logits[b].clone())
-        if eos is not None:
-            done = done | (nxt == eos)
-        if t == max_new - 1 or bool(done.all()):
+            done[b] = eos is not None and ids[b] == eos
+        if t == max_new - 1 or all(done):
             break
-        chunk = dec.extend(nxt[:, None], ~done[:, None], rule=rule, fill=fill)
+        running = None if not any(done) else torch.tensor([[not d] for d in done], device=device)
+        chunk = dec.extend(nxt[:, None], running, rule=rule, fill=fill)
         out.forwards += 1
-        logits, steps, flops = chunk.logits[:, 0], chunk.steps[:, 0], chunk.flops[:, 0]
+        logits, steps = chunk.logits[:, 0], chunk.steps[:, 0]
+        if count_flops:
+            flops = chunk.flops[:, 0]
     return out

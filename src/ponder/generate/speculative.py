@@ -105,7 +105,8 @@ class _TwoModels:
     def first(self, y: int) -> None:
         self.t_pending, self.d_pending = y, [y]
 
-    def draft(self, kk: int, sampling: Sampling, gen, stats: SpecStats, stop: float = 0.0):
+    def draft(self, kk: int, sampling: Sampling, gen, stats: SpecStats, stop: float = 0.0,
+              eos: Optional[int] = None):
         ds, qs = [], []
         self.d_cached = 0  # draft tokens in the draft's cache
         if kk == 0:
@@ -117,6 +118,8 @@ class _TwoModels:
             if i and _unsure(logits, stop):
                 break
             ds.append(_propose(logits, sampling, gen, qs))
+            if ds[-1] == eos:  # accepted, it ends the sequence; rejected, so are its successors
+                break
             if i < kk - 1:
                 logits = self.D.extend(torch.tensor([[ds[-1]]], device=self.D.device)).logits[0, -1]
                 stats.draft_forwards += 1
@@ -141,7 +144,10 @@ class _TwoModels:
 
 
 class _SelfDraft:
-    """One model, one cache: the draft is steps 1..E (own coda slots), the verifier E+1..N."""
+    """One model, one cache: the draft is steps 1..E (own coda slots), the verifier E+1..N.
+
+    A round opens the pending token's column and one column per draft token except an EOS
+    draft (nothing after it is ever read) at depth E, then deepens all of them at once."""
 
     def __init__(self, model: nn.Module, exit_step: int, capacity: int) -> None:
         N = model.cfg.max_steps
@@ -149,22 +155,27 @@ class _SelfDraft:
             raise ConfigError(f"exit_step={exit_step} must lie in 1..{N}")
         self.E = exit_step
         self.dec = Decoder(model, batch=1, capacity=capacity, count_flops=False)
+        self.device = self.dec.device
         self.pending: list[int] = []
         self.deep: list[tuple[int, torch.Tensor]] = []   # (first column, step-E states [1, T, D])
+        self.c0 = 0  # the round's first column (the pending token's)
 
-    def _open(self, ids: list[int]) -> torch.Tensor:
-        ch = self.dec.extend(torch.tensor([ids], device=self.dec.device), depth=self.E, coda="draft")
+    def _open(self, ids: list[int], head: bool = True) -> Optional[torch.Tensor]:
+        """Columns of ``ids`` at depth E → the draft's logits [V] after the last of them
+        (None with ``head=False``: the draft's prediction there is not needed)."""
+        ch = self.dec.extend(torch.tensor([ids], device=self.device), depth=self.E,
+                             coda="draft", head=head)
         self.deep.append((ch.c0, ch.h))
-        return ch.logits[0, -1]
+        return ch.logits[0, -1] if head else None
 
     def _deepen(self) -> torch.Tensor:
         c0 = self.deep[0][0]
-        h = torch.cat([h for _, h in self.deep], 1)
+        h = self.deep[0][1] if len(self.deep) == 1 else torch.cat([h for _, h in self.deep], 1)
         self.deep = []
         return self.dec.deepen(h, c0, first=self.E + 1).logits[0]
 
     def prefill(self, prompt: list[int], stats: SpecStats) -> torch.Tensor:
-        self._open(prompt)
+        self._open(prompt, head=False)  # the first token is the full model's
         stats.draft_forwards += 1
         stats.target_forwards += 1
         return self._deepen()[-1]
@@ -172,8 +183,12 @@ class _SelfDraft:
     def first(self, y: int) -> None:
         self.pending = [y]
 
-    def draft(self, kk: int, sampling: Sampling, gen, stats: SpecStats, stop: float = 0.0):
-        logits = self._open(self.pending)  # the verifier needs these columns' step-E states too
+    def draft(self, kk: int, sampling: Sampling, gen, stats: SpecStats, stop: float = 0.0,
+              eos: Optional[int] = None):
+        self.c0 = self.dec.cache.columns
+        # the verifier needs the pending column's step-E states; its draft logits only
+        # when there is something to draft
+        logits = self._open(self.pending, head=kk > 0)
         stats.draft_forwards += 1
         self.pending = []
         ds, qs = [], []
@@ -181,16 +196,21 @@ class _SelfDraft:
             if i and _unsure(logits, stop):
                 break
             ds.append(_propose(logits, sampling, gen, qs))
-            logits = self._open([ds[-1]])  # the last draft is opened too: p_{k+1} follows it
+            if ds[-1] == eos:  # accepted, it ends the sequence; rejected, so are its successors
+                break
+            # the draft is opened too (p_{i+1} follows it); its own draft logits only when
+            # another draft follows
+            logits = self._open([ds[-1]], head=i < kk - 1)
             stats.draft_forwards += 1
         return ds, qs
 
     def verify(self, ds: list[int], stats: SpecStats) -> torch.Tensor:
+        """→ [len(ds) + 1, V], or [len(ds), V] after an EOS draft (no column after it)."""
         stats.target_forwards += 1
-        return self._deepen()[-(len(ds) + 1):]
+        return self._deepen()
 
     def settle(self, ds: list[int], n: int, y: int) -> None:
-        self.dec.cache.truncate(self.dec.cache.columns - len(ds) + n)
+        self.dec.cache.truncate(self.c0 + 1 + n)  # the pending token and the accepted drafts
         self.pending = [y]
 
 
@@ -238,8 +258,13 @@ def run_rounds(prompts: list[list[int]], *, k: int, max_new: int, eos: Optional[
         p.first(y)
         while len(emitted) < max_new and not (eos is not None and eos in emitted):
             kk = min(k, max_new - len(emitted) - 1)
-            ds, qs = p.draft(kk, sampling, generator, stats, draft_stop)
-            target = p.verify(ds, stats)                       # [kk+1, V]
+            ds, qs = p.draft(kk, sampling, generator, stats, draft_stop, eos)
+            target = p.verify(ds, stats)                       # [len(ds)+1, V]
+            if target.shape[0] == len(ds):
+                # the last draft is EOS and has no column: if every draft is accepted the
+                # sequence ends there and the token drawn after it (from this stand-in row)
+                # is cut off below
+                target = torch.cat([target, target[-1:]])
             if sampling.greedy:
                 n, y = accept_greedy(target, ds)
             else:
