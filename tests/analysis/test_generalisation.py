@@ -39,3 +39,12 @@ def test_seen_and_unseen_labels_apart(make_run):
     assert labels["unseen"]["n"] == int((~frame["seen_label"]).sum()) > 0
     assert labels["unseen"]["accuracy"] == 0.0  # synthetic unseen labels are never right
     assert labels["seen"]["accuracy"] == pytest.approx(frame[frame["seen_label"]]["correct"].mean())
+
+
+def test_list_valued_knobs_get_no_per_value_table(make_run):
+    """A knob holding a list per example (agreement's ``plural``) is left out of the per-knob
+    tables instead of failing the analysis; the scalar knobs are still there."""
+    run = load(make_run(policy="input_size", n_examples=40))
+    run.records["param_plural"] = [[True, False]] * len(run.records)
+    result = generalisation.analyse(run)
+    assert set(result["valid"]["by_knob"]) == {"n"}

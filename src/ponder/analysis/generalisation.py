@@ -78,9 +78,15 @@ def reference_split(run: RunData) -> str | None:
     return None
 
 
+def is_scalar_column(values: pd.Series) -> bool:
+    """A knob a table can be made per value of: numbers or strings, not lists (agreement's
+    ``plural`` is one bool per noun)."""
+    return not any(isinstance(v, (list, tuple, np.ndarray, dict)) for v in values.dropna())
+
+
 def analyse(run: RunData) -> dict[str, dict[str, Any]]:
     """Per split: overall numbers, per-knob tables, seen/unseen labels, and (ood) the comparison."""
-    knobs = run.param_columns
+    knobs = [c for c in run.param_columns if is_scalar_column(run.records[c])]
     ranges = {c: training_range(run.records, c) for c in knobs}
     ref = reference_split(run)
     out: dict[str, dict[str, Any]] = {}
