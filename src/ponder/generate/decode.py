@@ -96,6 +96,9 @@ def check_decodable(model: nn.Module) -> None:
     for block in model.modules():
         if isinstance(block, Block) and block.router is not None:
             raise ConfigError("cached decoding does not run block routers (model.router.kind=none)")
+        if isinstance(block, Block) and block.attn.weights != "softmax":
+            raise ConfigError(f"cached decoding runs softmax attention, not attention kind "
+                              f"{block.spec.attention!r}")
 
 
 def _block_list(model: nn.Module) -> list[Block]:

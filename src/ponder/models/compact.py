@@ -448,7 +448,8 @@ class CompactStepper:
         y, kv = block.kv_rows(x_q, rope_q, source=src)
         q = block.q_rows(y, rope_q)
         p = block.attn.dropout if block.attn.training else 0.0
-        a = attend_among(q, kv, enter, rows, causal=self.ctx.causal, p=p)
+        rule = None if block.attn.weights == "softmax" else block.attn.attend_grid
+        a = attend_among(q, kv, enter, rows, causal=self.ctx.causal, p=p, rule=rule)
         out = block.finish(x_q, a, self.ctx, rows)
         if route is not None and route.weight is not None:
             w = route.weight.reshape(-1).index_select(0, rows)[:, None]
