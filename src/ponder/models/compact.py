@@ -440,7 +440,6 @@ class CompactStepper:
         costs what its entering tokens cost, in training too. x [B·L, D] block input, enter
         [B, L] bool → x with the entering rows updated (the dense reference's
         ``ctx.keys_of(enter)``; attention through :func:`ponder.models.dispatch.attend_among`)."""
-        L = self.L
         rows = enter.reshape(-1).nonzero().view(-1)  # sorted: sequence, then position
         x_q = x.index_select(0, rows)
         rope_q = None if rope is None else tuple(t.index_select(0, rows) for t in rope)
