@@ -97,6 +97,10 @@ def check_decodable(model: nn.Module) -> list[Block]:
     blocks = [b for b in model.modules() if isinstance(b, Block)]
     if any(b.router is not None for b in blocks):
         raise ConfigError("cached decoding does not run block routers (model.router.kind=none)")
+    for block in blocks:
+        if block.attn.weights != "softmax":
+            raise ConfigError(f"cached decoding runs softmax attention, not attention kind "
+                              f"{block.spec.attention!r}")
     return blocks
 
 

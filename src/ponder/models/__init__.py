@@ -67,7 +67,7 @@ register_model("recurrent", build_recurrent)
 register_model("stacked", build_stacked)
 
 # block kinds beyond layers.py's; importing a module registers its kinds in ponder.models.kinds
-from ponder.models import fff, moa, sharcs, structured, switchhead  # noqa: E402,F401
+from ponder.models import fff, geometric, moa, sharcs, structured, switchhead  # noqa: E402,F401
 import ponder.models.experts  # noqa: E402,F401  (registers the routed mixture-of-experts FFN kinds)
 
 for _optional in ("ponder.models.adatape", "ponder.models.routers", "ponder.models.colt5"):

@@ -377,6 +377,8 @@ def build_adatape(model_cfg: ModelConfig, policy: Any = None, *, vocab_size: int
     spec = block_spec(model_cfg)
     if spec.router != "none":
         raise ConfigError("adatape has no core to route (its encoder runs every token): set model.router.kind=none")
+    if spec.residual != "add":
+        raise ConfigError("adatape's encoder layer runs the plain residual: set model.residual=add")
     return AdaTape(vocab_size=vocab_size, d_model=model_cfg.d_model, n_heads=model_cfg.n_heads,
                    d_ff=model_cfg.d_ff, positions=model_cfg.positions, max_len=model_cfg.max_len,
                    norm=model_cfg.norm, dropout=model_cfg.dropout, spec=spec, **knobs)

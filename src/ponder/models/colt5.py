@@ -24,7 +24,6 @@ the routed ones only (``ctx.count_row_flops``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional
 

@@ -440,7 +440,6 @@ class CompactStepper:
         costs what its entering tokens cost, in training too. x [B·L, D] block input, enter
         [B, L] bool → x with the entering rows updated (the dense reference's
         ``ctx.keys_of(enter)``; attention through :func:`ponder.models.dispatch.attend_among`)."""
-        L = self.L
         rows = enter.reshape(-1).nonzero().view(-1)  # sorted: sequence, then position
         x_q = x.index_select(0, rows)
         rope_q = None if rope is None else tuple(t.index_select(0, rows) for t in rope)
@@ -448,7 +447,8 @@ class CompactStepper:
         y, kv = block.kv_rows(x_q, rope_q, source=src)
         q = block.q_rows(y, rope_q)
         p = block.attn.dropout if block.attn.training else 0.0
-        a = attend_among(q, kv, enter, rows, causal=self.ctx.causal, p=p)
+        rule = None if block.attn.weights == "softmax" else block.attn.attend_grid
+        a = attend_among(q, kv, enter, rows, causal=self.ctx.causal, p=p, rule=rule)
         out = block.finish(x_q, a, self.ctx, rows)
         if route is not None and route.weight is not None:
             w = route.weight.reshape(-1).index_select(0, rows)[:, None]

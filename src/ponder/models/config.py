@@ -91,6 +91,7 @@ class ModelConfig:
     ffn: KindConfig = field(default_factory=lambda: KindConfig(kind="dense"))             # every block's FFN
     attention: KindConfig = field(default_factory=lambda: KindConfig(kind="standard"))    # every block's attention
     router: RouterConfig = field(default_factory=RouterConfig)                           # core blocks only
+    residual: str = "add"          # every block's residual: add | copy_gate (NDR's gate, bias −3)
     adatape: AdaTapeConfig = field(default_factory=AdaTapeConfig)  # kind=adatape only
 
 

@@ -16,6 +16,11 @@ keys/values, output). Given the queries of chosen rows and the keys/values of ev
 
 :func:`attend_among` runs attention among a subset of the tokens only (routed keys).
 
+An attention kind whose weights are not a softmax (``AttentionKind.weights``, e.g. NDR's
+geometric attention) has its own ``attend_grid``: the queries are scattered to their own
+positions in a ``[B, H, L, ·]`` grid (its weights depend on the distance between query and
+key, so queries are never packed by rank) and the compiled kernels stay out.
+
 Used by the compacted stepper (:mod:`ponder.models.compact`) for every step, and by
 :func:`run_group` for a fast full-depth pass (the same kernels, so full and compacted runs
 compare kernel for kernel). The reference path (``Block.forward``) never comes here.
@@ -188,7 +193,9 @@ class Dispatch:
         # attention also needs a supported head size and no dropout
         self.kernels = (self.inplace and device.type == "cpu" and dtype == torch.float32
                         and kernels.load())
-        self.varlen = (self.kernels and attn.head_dim in kernels.HEAD_DIMS
+        # a kind with its own weights (not a softmax): its grid rule, never the kernels
+        self.grid_attend = None if attn.weights == "softmax" else attn.attend_grid
+        self.varlen = (self.kernels and self.grid_attend is None and attn.head_dim in kernels.HEAD_DIMS
                        and (attn.dropout == 0.0 or not attn.training))
         self.key_mask = ctx.key_mask if self.needs_mask and not bool(ctx.key_mask.all()) else None
         self.grid: Optional[torch.Tensor] = None  # padded query buffer (no autograd)
@@ -198,6 +205,9 @@ class Dispatch:
                            varlen=self.varlen)
 
     def attend(self, q: torch.Tensor, kv: torch.Tensor, index: StepIndex, p: float) -> torch.Tensor:
+        if self.grid_attend is not None:
+            return grid_attend(self.grid_attend, q, kv, index.rows, None if index.dense else index.rows,
+                               self.ctx.attn_mask, self.B, self.L, p)
         B, L = self.B, self.L
         T, H, hd = q.shape
         D = H * hd
@@ -244,8 +254,26 @@ class Dispatch:
         return torch.matmul(scores.softmax(-1), v)
 
 
+def grid_attend(rule, q: torch.Tensor, kv: torch.Tensor, rows: torch.Tensor,
+                scatter: Optional[torch.Tensor], allowed: Optional[torch.Tensor], B: int, L: int,
+                p: float) -> torch.Tensor:
+    """Attention by a kind's own rule (``AttentionKind.attend_grid``) with every query at its
+    own position: q [T, H, hd + e] the queries of flat rows ``rows`` [T] (``scatter`` None:
+    T = B·L, every row in order), kv [2, B, H, L, hd], allowed [B, 1, L, L] | None → [T, D].
+    Positions without a query hold zeros (finite; their outputs are dropped)."""
+    T, H, hq = q.shape
+    hd = kv.shape[-1]
+    if scatter is None:
+        grid = q.view(B, L, H, hq)
+    else:
+        grid = q.new_zeros(B * L, H, hq).index_copy(0, scatter, q).view(B, L, H, hq)
+    a = rule(grid.transpose(1, 2), kv[0], kv[1], allowed, p)      # [B, H, L, hd]
+    a = a.transpose(1, 2).reshape(B * L, H * hd)
+    return a if scatter is None else a.index_select(0, scatter)
+
+
 def attend_among(q: torch.Tensor, kv: torch.Tensor, enter: torch.Tensor, rows: torch.Tensor, *,
-                 causal: bool, p: float) -> torch.Tensor:
+                 causal: bool, p: float, rule=None) -> torch.Tensor:
     """Attention among a subset of the tokens only (Mixture-of-Depths' routed tokens; a
     recursion's running tokens): each query sees the keys of its sequence's subset (up to
     its own position when causal).
@@ -255,8 +283,20 @@ def attend_among(q: torch.Tensor, kv: torch.Tensor, enter: torch.Tensor, rows: t
     subset → [T, D]. The rows of each sequence fill a padded ``[B, H, A, hd]`` grid in
     position order (A the largest count), one SDPA call: unmasked (or the causal kernel)
     when every sequence has A tokens, else with the grid's mask (a padded query slot sees
-    itself, a zero key, so no row is all-masked and no NaN reaches the backward pass)."""
+    itself, a zero key, so no row is all-masked and no NaN reaches the backward pass).
+
+    ``rule``: an attention kind's own ``attend_grid`` (weights not a softmax): the subset's
+    rows keep their positions in a ``[B, H, L, ·]`` grid, keys outside the subset masked."""
     B, L = enter.shape
+    if rule is not None:
+        D = kv.shape[1] // 2
+        H = q.shape[1]
+        full = kv.new_zeros(B * L, 2 * D).index_copy(0, rows, kv)
+        full = full.view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
+        allowed = enter[:, None, None, :] | torch.eye(L, dtype=torch.bool, device=enter.device)
+        if causal:
+            allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=enter.device).tril()
+        return grid_attend(rule, q, full, rows, rows, allowed, B, L, p)
     T, H, hd = q.shape
     D = H * hd
     counts = enter.sum(1)

@@ -1,10 +1,9 @@
 """Direction-sensitive geometric attention (the Neural Data Router's attention; Csordás,
-Irie, Schmidhuber 2022, arXiv:2110.07732), in plain PyTorch for the CPU.
+Irie, Schmidhuber 2022, arXiv:2110.07732), in plain PyTorch for the CPU, and the attention
+kind ``geometric`` built on it.
 
-A building block, not an attention kind yet: its weights are not a softmax over keys, so it
-does not go through the one dispatcher (:mod:`ponder.models.dispatch`), and the NDR block
-(copy gate instead of residuals) is not built. The official implementation is a CUDA
-extension; this is the cumulative-sum form of its window sum.
+The official implementation is a CUDA extension; this is the cumulative-sum form of its
+window sum.
 
 For query i and key j ≠ i (the diagonal is masked):
 
@@ -14,31 +13,47 @@ For query i and key j ≠ i (the diagonal is masked):
 
 ``S_ij``: the keys closer to i than j — each query scans outwards and takes the first key it
 "matches". At equal distance d the right-hand neighbour is scanned first: for j = i − d the
-set holds i + d, for j = i + d it does not hold i − d. Padded keys have P = 0 (never
-matched, never block). ``normalize``: A divided by its row sum (L1).
+set holds i + d, for j = i + d it does not hold i − d. Masked keys (pads, the future of a
+causal query, keys outside a routed subset) have P = 0: never matched, never blocking.
+``normalize``: A divided by its row sum (L1).
 
 In log space ``log A_ij = log σ(z_ij) + Σ_{k∈S_ij} log σ(−z_ik)``: per query the terms are
 summed by distance with one cumulative sum, so the cost is O(L²) per head like softmax
 attention.
+
+The weights are not a softmax over keys, so the kind brings its own ``attend_grid`` (the
+dispatcher, :mod:`ponder.models.dispatch`, hands it every query at its own position: the
+weights depend on the distance between query and key, so queries are never packed).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from ponder.errors import ConfigError
+from ponder.models.kinds import ATTENTIONS
+from ponder.models.layers import AttentionKind, AttnContext, apply_rotary
+from ponder.tasks.base import knob
 
 
 def geometric_weights(z: torch.Tensor, key_mask: Optional[torch.Tensor] = None,
-                      normalize: bool = False) -> torch.Tensor:
+                      normalize: bool = False, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
     """z [..., L, L] logits (queries × keys, direction biases included) → A [..., L, L].
 
-    key_mask [..., L] bool (broadcastable to z's key axis): real keys; None: all real."""
+    key_mask [..., L] bool (broadcastable to z's key axis): real keys; allowed [..., L, L]
+    bool (broadcastable to z): which key each query may see (causality, routed keys);
+    None: all."""
     L = z.shape[-1]
     device = z.device
     eye = torch.eye(L, dtype=torch.bool, device=device)
     usable = ~eye if key_mask is None else (~eye) & key_mask[..., None, :]
+    if allowed is not None:
+        usable = usable & allowed
     log_p = F.logsigmoid(z).masked_fill(~usable, float("-inf"))
     log_not = F.logsigmoid(-z).masked_fill(~usable, 0.0)      # log(1 − P), 0 where no key
     # log(1 − P) of the keys at distance δ = 1..L−1 to the left and to the right of each query
@@ -65,8 +80,12 @@ def geometric_weights(z: torch.Tensor, key_mask: Optional[torch.Tensor] = None,
 
 def geometric_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
                         bias: float | torch.Tensor = 0.0, key_mask: Optional[torch.Tensor] = None,
-                        normalize: bool = False) -> torch.Tensor:
-    """q, k, v [B, H, L, hd]; beta [B, H, L, 2] (β_back, β_front per query) → [B, H, L, hd]."""
+                        normalize: bool = False, allowed: Optional[torch.Tensor] = None,
+                        dropout: float = 0.0) -> torch.Tensor:
+    """q, k, v [B, H, L, hd]; beta [B, H, L, 2] (β_back, β_front per query) → [B, H, L, hd].
+
+    key_mask [B, L] bool real keys; allowed [B, 1, L, L] bool (or broadcastable) the keys
+    each query may see; dropout on the weights (training)."""
     L = q.shape[-2]
     scale = q.shape[-1] ** -0.5
     z = torch.matmul(q, k.transpose(-1, -2)) * scale
@@ -74,5 +93,95 @@ def geometric_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta:
     left_of = (i[None, :] < i[:, None])                         # key j left of query i
     z = z + torch.where(left_of, beta[..., 0:1], beta[..., 1:2]) + bias
     mask = None if key_mask is None else key_mask[:, None, :]   # [B, 1, L] → keys
-    A = geometric_weights(z, mask, normalize)
+    A = geometric_weights(z, mask, normalize, allowed)
+    if dropout > 0.0:
+        A = F.dropout(A, dropout)
     return torch.matmul(A, v)
+
+
+# -- the attention kind ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class GeometricKnobs:
+    normalize: bool = knob(False, help="divide each query's weights by their sum (L1)",
+                           choices=(False, True))
+
+
+@ATTENTIONS.register
+class GeometricAttention(AttentionKind):
+    """NDR's direction-sensitive geometric attention (``geometric``): each query takes the
+    nearest key it matches, scanning outwards (right-hand neighbour first at equal distance);
+    two learned direction biases per head and query, ``(β_back, β_front) = W_β y_i``.
+
+    Queries carry the biases as two extra channels per head: ``queries(y)`` → [R, H, hd + 2]
+    (the query vector, then β_back, β_front), so every execution mode hands them to
+    :meth:`attend_grid` with the queries. Keys, values and the output projection are those of
+    ``standard``. Causal: a causal model masks the keys to the right (the scan then only goes
+    left); masked keys never match and never block."""
+
+    name = "geometric"
+    paper = "Csordás, Irie, Schmidhuber 2022, The Neural Data Router (arXiv:2110.07732)"
+    Knobs = GeometricKnobs
+    weights = "geometric"
+    extra_query_channels = 2
+
+    def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0, knobs: Any = None) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ConfigError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.normalize = bool((knobs or GeometricKnobs()).normalize)
+        self.q = nn.Linear(d_model, d_model)
+        self.beta = nn.Linear(d_model, 2 * n_heads)   # (β_back, β_front) per head
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.o = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def queries(self, y: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """y [R, D] → [R, H, hd + 2]: rotated query, β_back, β_front."""
+        q = self.q(y).view(-1, self.n_heads, self.head_dim)
+        if rope is not None:
+            q = apply_rotary(q, rope[0][:, None], rope[1][:, None])
+        return torch.cat([q, self.beta(y).view(-1, self.n_heads, 2)], dim=-1)
+
+    def keys_values(self, y: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        kv = self.kv(y)
+        if rope is None:
+            return kv
+        D = kv.shape[-1] // 2
+        k = apply_rotary(kv[:, :D].reshape(-1, self.n_heads, self.head_dim),
+                         rope[0][:, None], rope[1][:, None])
+        return torch.cat([k.reshape(-1, D), kv[:, D:]], dim=1)
+
+    def out(self, a: torch.Tensor) -> torch.Tensor:
+        return self.o(a)
+
+    def attend_grid(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    allowed: Optional[torch.Tensor], p: float) -> torch.Tensor:
+        """q [B, H, L, hd + 2] (every position's query; rows nobody reads may hold anything
+        finite), k, v [B, H, L, hd], allowed [B, 1, L, L] bool | None (None: every key) →
+        [B, H, L, hd]. No parameters are read: any block's kind computes the same."""
+        hd = k.shape[-1]
+        return geometric_attention(q[..., :hd], k, v, q[..., hd:], allowed=allowed,
+                                   normalize=self.normalize, dropout=p)
+
+    def forward(self, y: torch.Tensor, ctx: AttnContext,
+                y_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Reference: y [B, L, D] (normed) → [B, L, D]; keys/values from ``y_kv`` when given."""
+        B, L, D = y.shape
+        H, hd = self.n_heads, self.head_dim
+        rows = y.reshape(B * L, D)
+        rope = ctx.rope_rows(ctx.positions(B * L))
+        q = self.queries(rows, rope).view(B, L, H, hd + 2).transpose(1, 2)
+        kv_rows = rows if y_kv is None else y_kv.reshape(B * L, D)
+        kv = self.keys_values(kv_rows, rope).view(B, L, 2, H, hd)
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+        p = self.dropout if self.training else 0.0
+        a = self.attend_grid(q, k, v, ctx.attn_mask, p)
+        return self.out(a.transpose(1, 2).reshape(B * L, D)).view(B, L, D)
+
+    def flops_per_token(self, n_keys: torch.Tensor | float) -> torch.Tensor | float:
+        D, H = self.n_heads * self.head_dim, self.n_heads
+        # Q, K, V, O and the direction biases; scores and weighted sum; per (head, key) the
+        # log σ terms, the cumulative sum and the exp (counted as 8 operations)
+        return 8.0 * D * D + 4.0 * D * H + 4.0 * D * n_keys + 8.0 * H * n_keys

@@ -226,6 +226,16 @@ class AttentionKind(nn.Module):
 
     A kind whose output projection depends on the query token itself (SwitchHead's experts
     are picked from it) sets ``out_reads_input = True`` and overrides ``out_rows``.
+
+    A kind whose weights are not a softmax of ``q·k/√hd`` (``weights != "softmax"``: NDR's
+    geometric attention) brings its own rule::
+
+        attend_grid(q [B, H, L, hd + e], k, v [B, H, L, hd], allowed [B, 1, L, L] | None, p)
+                                     → [B, H, L, hd]
+
+    with every query at its own position (e = ``extra_query_channels``, per-query extras such
+    as direction biases that ``queries`` appends to each head); the dispatcher then never
+    packs queries or uses the compiled kernels.
     """
 
     name: ClassVar[str] = ""
@@ -236,6 +246,8 @@ class AttentionKind(nn.Module):
     head_dim: int
     dropout: float
     out_reads_input: ClassVar[bool] = False
+    weights: ClassVar[str] = "softmax"
+    extra_query_channels: ClassVar[int] = 0
 
     def out_rows(self, a: torch.Tensor, y: Optional[torch.Tensor], ctx: AttnContext,
                  rows: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -395,13 +407,26 @@ class BlockSpec:
     attention_knobs: Any = None
     router: str = "none"          # "none": every token enters
     router_knobs: Any = None
+    residual: str = "add"         # add | copy_gate (NDR: see Block)
 
     def without_router(self) -> "BlockSpec":
         return dataclasses.replace(self, router="none", router_knobs=None)
 
 
+RESIDUALS = ("add", "copy_gate")
+# NDR's copy gate starts closed (copy by default): σ(−3) ≈ 0.05 of the update gets through
+COPY_GATE_BIAS = -3.0
+
+
 class Block(nn.Module):
     """Pre-norm Transformer block: ``x + attn(norm(x))``, then ``+ ffn(norm(·))``.
+
+    With ``spec.residual == "copy_gate"`` (the Neural Data Router's copy gate, Csordás et
+    al. 2022) the FFN's update has no residual; a gate per token and channel, computed from
+    the attention-updated state, chooses between it and the block's input:
+
+        u = x + attn(norm1(x));  n = norm2(u);  g = σ(W_g n + b_g)   (b_g = −3: copy)
+        x' = g ⊙ ffn(n) + (1 − g) ⊙ x
 
     The row-level pieces (what the dense reference, the compacted stepper and AdaTape's encoder
     all build from; rows are flat ``[R, D]`` buffers of any chosen tokens):
@@ -426,6 +451,12 @@ class Block(nn.Module):
                                          ROUTERS.cls(spec.router)(d_model=spec.d_model,
                                                                   knobs=spec.router_knobs))
         self.drop = nn.Dropout(spec.dropout)
+        if spec.residual not in RESIDUALS:
+            raise ConfigError(f"unknown residual {spec.residual!r}; residuals: {', '.join(RESIDUALS)}")
+        self.gate: Optional[nn.Linear] = None
+        if spec.residual == "copy_gate":
+            self.gate = nn.Linear(spec.d_model, spec.d_model)
+            nn.init.constant_(self.gate.bias, COPY_GATE_BIAS)
 
     # -- the row-level pieces -------------------------------------------------------------
     def kv_rows(self, x: torch.Tensor, rope,
@@ -445,7 +476,17 @@ class Block(nn.Module):
         """x [R, D] block input, a [R, D] attention output (before the output projection)
         → block output [R, D]."""
         y = self.norm1(x) if self.attn.out_reads_input else None
-        return self.ffn_residual(x + self.drop(self.attn.out_rows(a, y, ctx, rows)), ctx, rows)
+        return self.update(x, x + self.drop(self.attn.out_rows(a, y, ctx, rows)), ctx, rows)
+
+    def update(self, x: torch.Tensor, u: torch.Tensor, ctx: AttnContext,
+               rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [R, D] block input, u [R, D] after the attention residual → block output [R, D]:
+        ``u + ffn(norm2(u))``, or with the copy gate ``g ⊙ ffn(n) + (1 − g) ⊙ x``."""
+        if self.gate is None:
+            return self.ffn_residual(u, ctx, rows)
+        n = self.norm2(u)
+        g = torch.sigmoid(self.gate(n))
+        return torch.lerp(x, self.ffn(n, ctx, rows), g)
 
     def ffn_residual(self, x: torch.Tensor, ctx: AttnContext,
                      rows: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -458,13 +499,14 @@ class Block(nn.Module):
         """h [B, L, D] → [B, L, D]; keys/values from ``source`` [B, L, D] when given."""
         B, L, D = h.shape
         y = self.norm1(h)
-        h = h + self.drop(self.attn(y, ctx, None if source is None else self.norm1(source)))
-        return self.ffn_residual(h.reshape(B * L, D), ctx).view(B, L, D)
+        u = h + self.drop(self.attn(y, ctx, None if source is None else self.norm1(source)))
+        return self.update(h.reshape(B * L, D), u.reshape(B * L, D), ctx).view(B, L, D)
 
     def flops_per_token(self, n_keys: torch.Tensor | float) -> torch.Tensor | float:
         """Forward FLOPs of one token entering this block with ``n_keys`` keys visible (the
         block's router, which scores every candidate, is counted on them by whoever runs it)."""
-        return self.attn.flops_per_token(n_keys) + self.ffn.flops_per_token()
+        gate = 0.0 if self.gate is None else 2.0 * self.gate.in_features * self.gate.out_features
+        return self.attn.flops_per_token(n_keys) + self.ffn.flops_per_token() + gate
 
 
 class Group(nn.Module):

@@ -33,7 +33,7 @@ from ponder.models.config import ModelConfig, ModelOutput
 from ponder.models.dispatch import run_group
 from ponder.models.engine import EXECUTIONS, Engine, check_policy
 from ponder.models.kinds import ATTENTIONS, FFNS, ROUTERS
-from ponder.models.layers import AttnContext, BlockSpec, Embedding, Group, Readout, Rotary
+from ponder.models.layers import RESIDUALS, AttnContext, BlockSpec, Embedding, Group, Readout, Rotary
 from ponder.policies.base import Policy
 from ponder.policies.halting import expected_steps, masked_mean, scored_mask
 
@@ -62,6 +62,8 @@ def validate_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"model layer_dropout={cfg.layer_dropout} must lie in [0, 1]")
     if cfg.layer_dropout > 0 and cfg.execution == "compact":
         raise ConfigError("model layer_dropout needs the dense training path (execution auto or dense)")
+    if cfg.residual not in RESIDUALS:
+        raise ConfigError(f"unknown residual {cfg.residual!r}; residuals: {', '.join(RESIDUALS)}")
     if cfg.router.every < 1:
         raise ConfigError(f"model router.every={cfg.router.every} must be at least 1")
 
@@ -90,7 +92,7 @@ def block_spec(cfg: ModelConfig) -> BlockSpec:
     return BlockSpec(d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff, norm=cfg.norm,
                      dropout=cfg.dropout, ffn=cfg.ffn.kind, ffn_knobs=knobs["ffn"],
                      attention=cfg.attention.kind, attention_knobs=knobs["attention"],
-                     router=cfg.router.kind, router_knobs=knobs["router"])
+                     router=cfg.router.kind, router_knobs=knobs["router"], residual=cfg.residual)
 
 
 def check_depth(model: nn.Module, n_steps: int) -> None:

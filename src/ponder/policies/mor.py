@@ -37,9 +37,7 @@ the current step's embedding added (the engine's rule for ``Decision.memory``), 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
