@@ -35,9 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ponder.errors import ConfigError
 from ponder.models.kinds import ATTENTIONS
-from ponder.models.layers import AttentionKind, AttnContext, apply_rotary
+from ponder.models.layers import Attention, AttnContext
 from ponder.tasks.base import knob
 
 
@@ -107,7 +106,7 @@ class GeometricKnobs:
 
 
 @ATTENTIONS.register
-class GeometricAttention(AttentionKind):
+class GeometricAttention(Attention):
     """NDR's direction-sensitive geometric attention (``geometric``): each query takes the
     nearest key it matches, scanning outwards (right-hand neighbour first at equal distance);
     two learned direction biases per head and query, ``(β_back, β_front) = W_β y_i``.
@@ -125,36 +124,13 @@ class GeometricAttention(AttentionKind):
     extra_query_channels = 2
 
     def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0, knobs: Any = None) -> None:
-        super().__init__()
-        if d_model % n_heads:
-            raise ConfigError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
-        self.n_heads = n_heads
-        self.head_dim = d_model // n_heads
+        super().__init__(d_model=d_model, n_heads=n_heads, dropout=dropout)
         self.normalize = bool((knobs or GeometricKnobs()).normalize)
-        self.q = nn.Linear(d_model, d_model)
         self.beta = nn.Linear(d_model, 2 * n_heads)   # (β_back, β_front) per head
-        self.kv = nn.Linear(d_model, 2 * d_model)
-        self.o = nn.Linear(d_model, d_model)
-        self.dropout = dropout
 
     def queries(self, y: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """y [R, D] → [R, H, hd + 2]: rotated query, β_back, β_front."""
-        q = self.q(y).view(-1, self.n_heads, self.head_dim)
-        if rope is not None:
-            q = apply_rotary(q, rope[0][:, None], rope[1][:, None])
-        return torch.cat([q, self.beta(y).view(-1, self.n_heads, 2)], dim=-1)
-
-    def keys_values(self, y: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        kv = self.kv(y)
-        if rope is None:
-            return kv
-        D = kv.shape[-1] // 2
-        k = apply_rotary(kv[:, :D].reshape(-1, self.n_heads, self.head_dim),
-                         rope[0][:, None], rope[1][:, None])
-        return torch.cat([k.reshape(-1, D), kv[:, D:]], dim=1)
-
-    def out(self, a: torch.Tensor) -> torch.Tensor:
-        return self.o(a)
+        return torch.cat([super().queries(y, rope), self.beta(y).view(-1, self.n_heads, 2)], dim=-1)
 
     def attend_grid(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     allowed: Optional[torch.Tensor], p: float) -> torch.Tensor:
