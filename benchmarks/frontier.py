@@ -1,21 +1,25 @@
 """The 2025–26 frontier mechanisms side by side (docs/results/frontier.md).
 
     python benchmarks/frontier.py --out runs/frontier [--steps 600] [--only NAME ...]
-        [--tasks list_rank sudoku] [--seeds 0 1 2] [--n 500] [--jobs 1]
+        [--exits NAME ...] [--tasks list_rank sudoku] [--seeds 0 1 2] [--n 500] [--jobs 1]
 
 Per task × mechanism × seed: ``ponder train`` (small recurrent model, budget in optimiser
-steps, one thread), ``ponder eval --depths 1:2N`` (valid and ood), ``ponder analyze``; then
+steps, one thread), ``ponder eval --depths 1:2N`` (valid and ood); then
 one Markdown table per task (accuracy, mean steps, ρ(steps, complexity), ood) and the
 accuracy-vs-depth curves, printed and written to ``OUT/frontier.md``. Runs already finished
 in OUT are reused (``ponder train`` resumes / reports already finished). ``--seeds`` applies to
 the mechanisms in ``SEEDED`` (fixed depth with and without depth randomisation); the others
 run seed 0 only.
+
+``--exits`` (default: none): training-free exits evaluated on a *trained* checkpoint, no
+training of their own (``ponder eval RUN --policy EXIT --depths 1:2N`` into
+``RUN/policies/EXIT``): ``EXIT @ BASE`` evaluates the seed-0 run of mechanism BASE (which
+must be in the same OUT) under EXIT at its default knobs; one table per task for them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -49,6 +53,13 @@ MECHANISMS = {
     "ouro": ["policy.name=ouro"],
 }
 SEEDED = ("fixed", "fixed+depth_rand")
+# the training-free convergence exits, evaluated on the checkpoints of these mechanisms:
+# fixed depth (never trained for its intermediate readouts), depth-randomised fixed depth
+# (Huginn's recipe) and kl_exit (trained with the per-exit losses: every readout is trained)
+CONVERGENCE = ("kl_exit", "minp_kl_exit", "entropy_exit", "argmax_exit", "cosine_exit", "accel_exit",
+               "fixed_point_exit", "latent_exit")
+EXIT_BASES = ("fixed", "fixed+depth_rand", "kl_exit")
+EXITS = {f"{e} @ {b}": (b, e) for b in EXIT_BASES for e in CONVERGENCE if e != b}
 
 
 def slug(name: str) -> str:
@@ -66,57 +77,92 @@ def one_run(out: Path, task: str, mech: str, seed: int, steps: int, n: int) -> P
                  f"run.seed={seed}", f"run.steps={steps}", f"run.eval_every={steps}",
                  f"run.ckpt_every={steps}"]
     ponder("train", *overrides, "--out", str(run_dir), "--progress", "none")
-    if not (run_dir / "eval" / "depth_curve.json").exists():
+    if not done(run_dir):
         ponder("eval", str(run_dir), "--n", str(n), "--depths", f"1:{2 * n_steps}")
-        ponder("analyze", str(run_dir))
+    return run_dir
+
+
+def exit_dir(out: Path, task: str, name: str) -> Path:
+    base, policy = EXITS[name]
+    return out / task / f"{slug(base)}_s0" / "policies" / policy
+
+
+def one_exit(out: Path, task: str, name: str, n: int) -> Path:
+    base, policy = EXITS[name]
+    base_dir = out / task / f"{slug(base)}_s0"
+    if not (base_dir / "result.json").exists():
+        raise SystemExit(f"{name}: train {base} on {task} first (no {base_dir}/result.json)")
+    run_dir = exit_dir(out, task, name)
+    if not done(run_dir):
+        ponder("eval", str(base_dir), "--n", str(n), "--policy", policy, "--depths", f"1:{2 * TASKS[task][1]}")
     return run_dir
 
 
 def row(run_dir: Path) -> dict:
-    a = json.loads((run_dir / "analysis.json").read_text())
-    s = a["run"]["summaries"]
-    curve = a["depth_curve"]["splits"]
+    """The table's numbers of one evaluated run directory, from its eval records: the split
+    summaries, ρ(steps, complexity) on valid (``ponder.analysis.alignment``, the function behind
+    ``analysis.json``'s ``alignment.valid.rho``) and the depth curve."""
+    from ponder.analysis import alignment
+    from ponder.analysis.load import load
+
+    run = load(run_dir)
+    s = run.summaries
+    curve = run.depth_curve["splits"]
     return {"valid_acc": s["valid"]["token_acc"], "valid_steps": s["valid"]["mean_steps"],
-            "rho": a["alignment"]["valid"]["rho"], "ood_acc": s["ood"]["token_acc"],
-            "ood_seen": s["ood"].get("acc_seen"), "ood_steps": s["ood"]["mean_steps"],
+            "rho": alignment.analyse_split(run.split("valid"), seed=0)["rho"],
+            "ood_acc": s["ood"]["token_acc"], "ood_seen": s["ood"].get("acc_seen"),
+            "ood_steps": s["ood"]["mean_steps"],
             "curve_valid": [r["token_acc"] for r in curve["valid"]],
             "curve_ood": [r["token_acc"] for r in curve["ood"]]}
+
+
+def done(run_dir: Path) -> bool:
+    return (run_dir / "eval" / "depth_curve.json").exists()
 
 
 def fmt(x, spec=".3f") -> str:
     return "–" if x is None else format(x, spec)
 
 
-def tables(out: Path, tasks, mechs, seeds) -> str:
+def result_tables(dirs: dict[str, Path], n_steps: int, what: str) -> list[str]:
+    """The main table and the depth curves of the finished runs among ``dirs`` (label → dir)."""
+    lines = [f"| {what} | valid acc | valid mean steps | ρ(steps, complexity) valid | ood acc | "
+             "ood acc (seen labels) | ood mean steps |", "|---|---|---|---|---|---|---|"]
+    rows = {}
+    for label, run_dir in dirs.items():
+        if not done(run_dir):
+            continue
+        r = rows[label] = row(run_dir)
+        lines.append(f"| {label} | {fmt(r['valid_acc'])} | {fmt(r['valid_steps'], '.2f')} | "
+                     f"{fmt(r['rho'])} | {fmt(r['ood_acc'])} | {fmt(r['ood_seen'])} | "
+                     f"{fmt(r['ood_steps'], '.2f')} |")
+    lines += ["", f"Accuracy against inference depth (token accuracy at max_steps = 1..{2 * n_steps}; "
+              f"trained N = {n_steps}), valid / ood:", "",
+              f"| {what} | " + " | ".join(str(d) for d in range(1, 2 * n_steps + 1)) + " |",
+              "|---|" + "---|" * (2 * n_steps)]
+    for label, r in rows.items():
+        for split in ("valid", "ood"):
+            lines.append(f"| {label} · {split} | " + " | ".join(fmt(v, ".2f") for v in r[f"curve_{split}"]) + " |")
+    return lines
+
+
+def tables(out: Path, tasks, mechs, seeds, exits=()) -> str:
     lines = []
     for task in tasks:
         n_steps = TASKS[task][1]
-        lines += [f"### {task}", "",
-                  "| mechanism | valid acc | valid mean steps | ρ(steps, complexity) valid | ood acc | "
-                  "ood acc (seen labels) | ood mean steps |", "|---|---|---|---|---|---|---|"]
-        rows = {}
-        for mech in mechs:
-            run_dir = out / task / f"{slug(mech)}_s0"
-            if not (run_dir / "analysis.json").exists():
-                continue
-            r = rows[mech] = row(run_dir)
-            lines.append(f"| {mech} | {fmt(r['valid_acc'])} | {fmt(r['valid_steps'], '.2f')} | "
-                         f"{fmt(r['rho'])} | {fmt(r['ood_acc'])} | {fmt(r['ood_seen'])} | "
-                         f"{fmt(r['ood_steps'], '.2f')} |")
-        lines += ["", f"Accuracy against inference depth (token accuracy at max_steps = 1..{2 * n_steps}; "
-                  f"trained N = {n_steps}), valid / ood:", "",
-                  "| mechanism | " + " | ".join(str(d) for d in range(1, 2 * n_steps + 1)) + " |",
-                  "|---|" + "---|" * (2 * n_steps)]
-        for mech, r in rows.items():
-            for split in ("valid", "ood"):
-                lines.append(f"| {mech} · {split} | " + " | ".join(fmt(v, ".2f") for v in r[f"curve_{split}"]) + " |")
+        lines += [f"### {task}", ""]
+        lines += result_tables({m: out / task / f"{slug(m)}_s0" for m in mechs}, n_steps, "mechanism")
+        if exits:
+            lines += ["", "Training-free exits evaluated on a trained checkpoint (`EXIT @ BASE`: "
+                      "BASE's seed-0 run under EXIT, default knobs; no training of their own):", ""]
+            lines += result_tables({e: exit_dir(out, task, e) for e in exits}, n_steps, "exit @ checkpoint")
         seeded = [m for m in SEEDED if m in mechs]
         if len(seeds) > 1 and seeded:
             lines += ["", f"Ood accuracy over seeds {', '.join(map(str, seeds))} (mean ± sample std):", "",
                       "| mechanism | per seed | mean | std |", "|---|---|---|---|"]
             for mech in seeded:
                 accs = [row(out / task / f"{slug(mech)}_s{s}")["ood_acc"] for s in seeds
-                        if (out / task / f"{slug(mech)}_s{s}" / "analysis.json").exists()]
+                        if done(out / task / f"{slug(mech)}_s{s}")]
                 if len(accs) > 1:
                     lines.append(f"| {mech} | {', '.join(fmt(a) for a in accs)} | "
                                  f"{fmt(statistics.mean(accs))} | {fmt(statistics.stdev(accs))} |")
@@ -131,17 +177,24 @@ def main() -> int:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--only", nargs="+", default=list(MECHANISMS), choices=list(MECHANISMS))
+    p.add_argument("--exits", nargs="*", default=[], choices=list(EXITS),
+                   help="training-free exits on trained checkpoints ('EXIT @ BASE')")
+    p.add_argument("--all-exits", action="store_true", help="--exits with every EXIT @ BASE")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--table-only", action="store_true", help="only print the tables of finished runs")
     args = p.parse_args()
+    exits = list(EXITS) if args.all_exits else args.exits
     jobs = [(task, mech, seed) for task in args.tasks for mech in args.only
             for seed in (args.seeds if mech in SEEDED else [0])]
     if not args.table_only:
         with ThreadPoolExecutor(args.jobs) as pool:
             for run_dir in pool.map(lambda j: one_run(args.out, *j, args.steps, args.n), jobs):
                 print(f"done {run_dir}", flush=True)
-    text = tables(args.out, args.tasks, args.only, args.seeds)
+            evals = [(task, e) for task in args.tasks for e in exits]
+            for run_dir in pool.map(lambda j: one_exit(args.out, *j, args.n), evals):
+                print(f"done {run_dir}", flush=True)
+    text = tables(args.out, args.tasks, args.only, args.seeds, exits)
     (args.out / "frontier.md").write_text(text)
     print(text)
     return 0
