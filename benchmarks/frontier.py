@@ -12,7 +12,7 @@ the mechanisms in ``SEEDED`` (fixed depth with and without depth randomisation);
 run seed 0 only.
 
 ``--exits`` (default: none): training-free exits evaluated on a *trained* checkpoint, no
-training of their own (``ponder eval RUN --policy EXIT --depths 1:2N`` into
+training of their own (``ponder eval RUN --policy EXIT``, no depth curve, into
 ``RUN/policies/EXIT``): ``EXIT @ BASE`` evaluates the seed-0 run of mechanism BASE (which
 must be in the same OUT) under EXIT at its default knobs; one table per task for them.
 """
@@ -93,8 +93,10 @@ def one_exit(out: Path, task: str, name: str, n: int) -> Path:
     if not (base_dir / "result.json").exists():
         raise SystemExit(f"{name}: train {base} on {task} first (no {base_dir}/result.json)")
     run_dir = exit_dir(out, task, name)
-    if not done(run_dir):
-        ponder("eval", str(base_dir), "--n", str(n), "--policy", policy, "--depths", f"1:{2 * TASKS[task][1]}")
+    if not done(run_dir, curve=False):
+        # no depth curve: on a loaded machine it costs 16–24 evaluations per exit, and at a
+        # budget past its exit step a halting rule's curve is flat (see the trained exits)
+        ponder("eval", str(base_dir), "--n", str(n), "--policy", policy)
     return run_dir
 
 
@@ -107,7 +109,7 @@ def row(run_dir: Path) -> dict:
 
     run = load(run_dir)
     s = run.summaries
-    curve = run.depth_curve["splits"]
+    curve = run.depth_curve.get("splits", {"valid": [], "ood": []})
     return {"valid_acc": s["valid"]["token_acc"], "valid_steps": s["valid"]["mean_steps"],
             "rho": alignment.analyse_split(run.split("valid"), seed=0)["rho"],
             "ood_acc": s["ood"]["token_acc"], "ood_seen": s["ood"].get("acc_seen"),
@@ -116,26 +118,31 @@ def row(run_dir: Path) -> dict:
             "curve_ood": [r["token_acc"] for r in curve["ood"]]}
 
 
-def done(run_dir: Path) -> bool:
-    return (run_dir / "eval" / "depth_curve.json").exists()
+def done(run_dir: Path, curve: bool = True) -> bool:
+    if curve:
+        return (run_dir / "eval" / "depth_curve.json").exists()
+    return all((run_dir / "eval" / f"{split}.json").exists() for split in ("valid", "ood"))
 
 
 def fmt(x, spec=".3f") -> str:
     return "–" if x is None else format(x, spec)
 
 
-def result_tables(dirs: dict[str, Path], n_steps: int, what: str) -> list[str]:
-    """The main table and the depth curves of the finished runs among ``dirs`` (label → dir)."""
+def result_tables(dirs: dict[str, Path], n_steps: int, what: str, curves: bool = True) -> list[str]:
+    """The main table and (``curves``) the depth curves of the finished runs among ``dirs``
+    (label → dir)."""
     lines = [f"| {what} | valid acc | valid mean steps | ρ(steps, complexity) valid | ood acc | "
              "ood acc (seen labels) | ood mean steps |", "|---|---|---|---|---|---|---|"]
     rows = {}
     for label, run_dir in dirs.items():
-        if not done(run_dir):
+        if not done(run_dir, curve=curves):
             continue
         r = rows[label] = row(run_dir)
         lines.append(f"| {label} | {fmt(r['valid_acc'])} | {fmt(r['valid_steps'], '.2f')} | "
                      f"{fmt(r['rho'])} | {fmt(r['ood_acc'])} | {fmt(r['ood_seen'])} | "
                      f"{fmt(r['ood_steps'], '.2f')} |")
+    if not curves:
+        return lines
     lines += ["", f"Accuracy against inference depth (token accuracy at max_steps = 1..{2 * n_steps}; "
               f"trained N = {n_steps}), valid / ood:", "",
               f"| {what} | " + " | ".join(str(d) for d in range(1, 2 * n_steps + 1)) + " |",
@@ -155,17 +162,23 @@ def tables(out: Path, tasks, mechs, seeds, exits=()) -> str:
         if exits:
             lines += ["", "Training-free exits evaluated on a trained checkpoint (`EXIT @ BASE`: "
                       "BASE's seed-0 run under EXIT, default knobs; no training of their own):", ""]
-            lines += result_tables({e: exit_dir(out, task, e) for e in exits}, n_steps, "exit @ checkpoint")
+            lines += result_tables({e: exit_dir(out, task, e) for e in exits}, n_steps, "exit @ checkpoint",
+                                   curves=False)
         seeded = [m for m in SEEDED if m in mechs]
         if len(seeds) > 1 and seeded:
             lines += ["", f"Ood accuracy over seeds {', '.join(map(str, seeds))} (mean ± sample std):", "",
-                      "| mechanism | per seed | mean | std |", "|---|---|---|---|"]
+                      "| mechanism | ood acc per seed | mean | std | valid acc per seed | "
+                      "ood acc (seen labels) mean ± std |", "|---|---|---|---|---|---|"]
             for mech in seeded:
-                accs = [row(out / task / f"{slug(mech)}_s{s}")["ood_acc"] for s in seeds
-                        if done(out / task / f"{slug(mech)}_s{s}")]
+                rs = [row(out / task / f"{slug(mech)}_s{s}") for s in seeds
+                      if done(out / task / f"{slug(mech)}_s{s}")]
+                accs = [r["ood_acc"] for r in rs]
+                seen = [r["ood_seen"] for r in rs]
                 if len(accs) > 1:
                     lines.append(f"| {mech} | {', '.join(fmt(a) for a in accs)} | "
-                                 f"{fmt(statistics.mean(accs))} | {fmt(statistics.stdev(accs))} |")
+                                 f"{fmt(statistics.mean(accs))} | {fmt(statistics.stdev(accs))} | "
+                                 f"{', '.join(fmt(r['valid_acc']) for r in rs)} | "
+                                 f"{fmt(statistics.mean(seen))} ± {fmt(statistics.stdev(seen))} |")
         lines.append("")
     return "\n".join(lines)
 
