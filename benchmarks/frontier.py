@@ -44,7 +44,8 @@ MECHANISMS = {
     "fixed+depth_rand": ["policy.name=fixed", *DEPTH_RAND],
     "kl_exit": ["policy.name=kl_exit"],
     "kl_exit(final)+depth_rand": ["policy.name=kl_exit", "policy.knobs.train_on=final", *DEPTH_RAND],
-    "latent_exit": ["policy.name=latent_exit"],
+    # the sudoku table's run, at Huginn's threshold (latent_exit's default before it became 0.15)
+    "latent_exit(0.03)": ["policy.name=latent_exit", "policy.knobs.threshold=0.03"],
     "q_halt": ["policy.name=q_halt"],
     "q_halt_sample": ["policy.name=q_halt_sample"],
     "oracle(complexity)": ["policy.name=oracle", "policy.knobs.label=complexity"],
