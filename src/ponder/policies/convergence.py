@@ -44,7 +44,8 @@ amount per step (‖h^n − h^{n−1}‖/√D ≈ 1.2–2 at every n up to 2N on
 N 8) while ‖h^n‖ grows about linearly, so the relative change decays like 1/n (median 0.17
 at n = N = 8) and 0.03 is reached only around n ≈ 30: the exit never fired (every token
 ran N). 0.15 is where, on that trained fixed-depth list_rank model, the exit first saves
-steps at unchanged accuracy (docs/results/frontier.md, ``benchmarks/latent_scale.py``).
+steps at unchanged accuracy (docs/results/frontier.md, ``benchmarks/latent_scale.py``;
+on sudoku's d_model 32, N 6 model it still does not fire: sweep it per model).
 The rule itself is Huginn's; only the default differs.
 """
 
