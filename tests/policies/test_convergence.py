@@ -63,15 +63,27 @@ def exit_step(name, rows, **knobs) -> int:
 def test_latent_exit_by_hand():
     # ‖Δ‖/‖h‖ after steps 1, 2, 3, 4: 1/2 = .5, .1/2.1 = .0476, .01/2.11 = .00474, 0
     rows = [[1, 0], [2, 0], [2.1, 0], [2.11, 0], [2.11, 0]]
-    assert exit_step("latent_exit", rows) == 3                        # default 0.03
+    assert exit_step("latent_exit", rows) == 2                        # default 0.15
+    assert exit_step("latent_exit", rows, threshold=0.03) == 3        # Huginn's
     assert exit_step("latent_exit", rows, threshold=0.05) == 2
     assert exit_step("latent_exit", rows, threshold=0.05, min_steps=3) == 3
     assert exit_step("latent_exit", rows, threshold=0.6) == 1
     # checked at n = 1, 3 only: .5 fails at 1, passes at 3
     assert exit_step("latent_exit", rows, threshold=0.05, check_every=2) == 3
     # checked at n = 2, 4: .0476 ≮ .03 at 2, 0 < .03 at 4
-    assert exit_step("latent_exit", rows, min_steps=2, check_every=2) == 4
+    assert exit_step("latent_exit", rows, threshold=0.03, min_steps=2, check_every=2) == 4
     assert exit_step("latent_exit", rows, threshold=0.0) == 4          # never → N
+
+
+def test_latent_exit_default_on_a_drifting_state():
+    # the un-normalised residual stream of a trained model moves by a constant amount per
+    # step: h^n = (1 + n, 0) gives ‖Δ‖/‖h^n‖ = 1/(1 + n) = .5, .333, .25, .2, .167, .143 (n = 6)
+    rows = [[1.0 + n, 0.0] for n in range(41)]
+    assert exit_step("latent_exit", rows) == 6                        # 1/7 < .15 ≤ 1/6
+    # Huginn's 0.03 only once 1/(1 + n) < .03, i.e. n ≥ 33: never within a toy depth N ≤ 32
+    assert exit_step("latent_exit", rows, threshold=0.03) == 33
+    assert exit_step("latent_exit", rows[:33], threshold=0.03) == 32  # N = 32: forced at N
+    assert policies.policy_class("latent_exit").Knobs().threshold == 0.15
 
 
 def test_cosine_exit_by_hand():

@@ -4,10 +4,20 @@ For each split: ``RUN_DIR/eval/<split>.parquet`` (one row per scored token, the 
 :mod:`ponder.eval.records`) and ``RUN_DIR/eval/<split>.json`` (the summary), both atomic.
 ``depth_curve`` (``ponder eval --depths``): the summary at each fixed loop count, in
 ``RUN_DIR/eval/depth_curve.json`` (a test-time-compute curve, beyond the training depth too).
+
+``policy=`` (``ponder eval RUN_DIR --policy NAME[:knob=value,...]``) evaluates the checkpoint
+under another halting rule: one training, many exits (the training-free convergence exits on
+a fixed-depth checkpoint, Huginn's recipe). The results go to a separate directory ``out``
+(default ``RUN_DIR/policies/<spec>``) that reads like a run for ``ponder analyze``: its
+``config.yaml`` is the run's with the policy replaced, ``source.json`` names the checkpoint,
+``eval/`` holds the records. A policy with parameters or buffers of its own is refused unless
+it is the run's own policy (then only its knobs change and its trained weights are kept): the
+checkpoint holds no trained weights for it. The run's own policy weights are dropped otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -21,9 +31,9 @@ from ponder.errors import ConfigError
 from ponder.eval.records import FEATURE_PREFIX, PARAM_PREFIX
 from ponder.eval.writer import write_records
 from ponder.tasks import IGNORE_INDEX, SPLITS, Vocab, collate
-from ponder.train.checkpoint import atomic_write_text, load_checkpoint, load_weights
-from ponder.train.config import TrainConfig
-from ponder.train.rundir import read_run_config
+from ponder.train.checkpoint import CKPT_DIR, atomic_write_text, load_checkpoint, load_weights
+from ponder.train.config import PolicyConfig, TrainConfig, to_yaml
+from ponder.train.rundir import CONFIG_FILE, read_run_config
 from ponder.train.segments import forward_segments
 from ponder.train.trainer import build_model, build_task
 
@@ -31,6 +41,8 @@ EVAL_DIR = "eval"
 DEFAULT_SPLITS = ("valid", "ood")
 DEFAULT_N = 1000
 LABEL_SAMPLES = 3000  # train examples scanned for the label set when a task has no train_labels()
+POLICY_DIR = "policies"  # default home of ``--policy`` evaluations inside the run directory
+SOURCE_FILE = "source.json"
 
 
 def run_metadata(cfg: TrainConfig, step: int) -> dict[str, Any]:
@@ -64,18 +76,79 @@ class LoadedRun:
     step: int
 
 
+def parse_policy(text: str) -> PolicyConfig:
+    """``"NAME"`` or ``"NAME:knob=value,knob=value"`` → a validated PolicyConfig (ConfigError)."""
+    from ponder.policies import policy_class
+    from ponder.tasks.base import parse_knob
+
+    name, _, rest = text.partition(":")
+    cls = policy_class(name.strip())
+    knobs: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--policy {text!r}: expected NAME or NAME:knob=value[,knob=value...]")
+        knobs[key.strip()] = parse_knob(cls.Knobs, key.strip(), value.strip())
+    cls(**knobs)  # knob types and ranges (ConfigError)
+    return PolicyConfig(name=cls.name, knobs=knobs)
+
+
+def policy_slug(policy: PolicyConfig) -> str:
+    """Directory name of a ``--policy`` evaluation: ``kl_exit`` or ``kl_exit-threshold=0.01``."""
+    knobs = ",".join(f"{k}={v}" for k, v in sorted(policy.knobs.items()))
+    text = policy.name + (f"-{knobs}" if knobs else "")
+    return "".join(c if c.isalnum() or c in "_.=,-" else "_" for c in text)
+
+
+def _policy_prefix(model: torch.nn.Module) -> str:
+    """The state-dict prefix of the model's policy module (``"policy."``)."""
+    for name, module in model.named_modules():
+        if module is getattr(model, "policy", None):
+            return name + "."
+    raise ConfigError("this model has no policy module to replace")  # pragma: no cover
+
+
 def load_run(run_dir: Path | str,
-             model_factory: Callable[[TrainConfig, int], torch.nn.Module] | None = None) -> LoadedRun:
-    """The run's config, task, vocabulary and model with its last checkpoint's weights."""
+             model_factory: Callable[[TrainConfig, int], torch.nn.Module] | None = None, *,
+             policy: PolicyConfig | None = None) -> LoadedRun:
+    """The run's config, task, vocabulary and model with its last checkpoint's weights.
+
+    ``policy``: build the model under this policy instead of the run's (see the module
+    docstring: refused with a ConfigError when it has state the checkpoint cannot supply)."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     ckpt = load_checkpoint(run_dir, with_state=False)
+    weights = ckpt.weights
+    trained_policy = cfg.policy.name
+    if policy is not None:
+        cfg = dataclasses.replace(cfg, policy=PolicyConfig(name=policy.name, knobs=dict(policy.knobs)))
     task = build_task(cfg)
     vocab = Vocab.for_task(task)
     model = (model_factory or build_model)(cfg, len(vocab))
-    load_weights(model, ckpt.weights)
+    if policy is not None and policy.name != trained_policy:
+        own = list(model.policy.state_dict())
+        if own:
+            raise ConfigError(f"--policy {policy.name}: it has trained state ({own[0]}, ...) that the "
+                              f"checkpoint (trained with {trained_policy}) does not hold; "
+                              f"only training-free policies can replace a run's policy")
+        prefix = _policy_prefix(model)
+        weights = {k: v for k, v in weights.items() if not k.startswith(prefix)}
+    load_weights(model, weights)
     model.eval()
     return LoadedRun(cfg, task, vocab, model, ckpt.step)
+
+
+def _policy_out(run_dir: Path, out: Path, run: LoadedRun, policy: PolicyConfig) -> None:
+    """Make ``out`` a readable run directory for the ``--policy`` evaluation of ``run_dir``."""
+    if out.resolve() == run_dir.resolve():
+        raise ConfigError("--policy results cannot go into the run directory itself; use another --out")
+    if (out / CKPT_DIR).exists():
+        raise ConfigError(f"--out {str(out)!r} holds a trained run; choose another directory")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / CONFIG_FILE, to_yaml(run.cfg))
+    source = {"run": str(run_dir.resolve()), "checkpoint_step": run.step,
+              "policy": policy.name, "knobs": dict(policy.knobs)}
+    atomic_write_text(out / SOURCE_FILE, json.dumps(source, indent=1))
 
 
 @torch.no_grad()
@@ -188,27 +261,37 @@ def summarise(cols: dict[str, list], *, n_examples: int, seq_ok: int, max_steps:
 
 
 def _open(run_dir: Path, splits: Sequence[str], n: int, batch_size: int | None,
-          threads: int | None, model_factory) -> tuple[LoadedRun, frozenset[str], int]:
-    """Check the arguments, load the run: (run, the training label set, batch size)."""
+          threads: int | None, model_factory, policy: PolicyConfig | None,
+          out: Path | str | None) -> tuple[LoadedRun, frozenset[str], int, Path]:
+    """Check the arguments, load the run: (run, the training label set, batch size, the
+    directory whose ``eval/`` receives the results)."""
     for split in splits:
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
-    run = load_run(run_dir, model_factory)
+    if out is not None and policy is None:
+        raise ConfigError("--out is only for --policy (a plain eval writes into RUN_DIR/eval)")
+    run = load_run(run_dir, model_factory, policy=policy)
+    target = run_dir
+    if policy is not None:
+        target = Path(out) if out is not None else run_dir / POLICY_DIR / policy_slug(policy)
+        _policy_out(run_dir, target, run, policy)
     torch.set_num_threads(threads or run.cfg.run.threads)
-    return run, train_label_set(run.task), batch_size or max(run.cfg.run.batch_size, 256)
+    return run, train_label_set(run.task), batch_size or max(run.cfg.run.batch_size, 256), target
 
 
 def evaluate_run(run_dir: Path | str, splits: Sequence[str] = DEFAULT_SPLITS, *, n: int = DEFAULT_N,
                  batch_size: int | None = None, threads: int | None = None,
                  model_factory: Callable[[TrainConfig, int], torch.nn.Module] | None = None,
-                 log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Evaluate ``splits`` of the run in ``run_dir``; returns ``{split: summary}``."""
+                 log: Callable[[str], None] | None = None, policy: PolicyConfig | None = None,
+                 out: Path | str | None = None) -> dict[str, dict[str, Any]]:
+    """Evaluate ``splits`` of the run in ``run_dir``; returns ``{split: summary}``.
+    ``policy`` / ``out``: under another policy, into ``out`` (module docstring)."""
     run_dir = Path(run_dir)
-    run, labels, bs = _open(run_dir, splits, n, batch_size, threads, model_factory)
+    run, labels, bs, target = _open(run_dir, splits, n, batch_size, threads, model_factory, policy, out)
     meta = run_metadata(run.cfg, run.step)
-    out_dir = run_dir / EVAL_DIR
+    out_dir = target / EVAL_DIR
     out_dir.mkdir(exist_ok=True)
     results = {}
     for split in splits:
@@ -246,11 +329,13 @@ def parse_depths(text: str) -> list[int]:
 def depth_curve(run_dir: Path | str, depths: Sequence[int], splits: Sequence[str] = DEFAULT_SPLITS, *,
                 n: int = DEFAULT_N, batch_size: int | None = None, threads: int | None = None,
                 model_factory: Callable[[TrainConfig, int], torch.nn.Module] | None = None,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                log: Callable[[str], None] | None = None, policy: PolicyConfig | None = None,
+                out: Path | str | None = None) -> dict[str, Any]:
     """Accuracy and mean steps at each fixed loop count in ``depths`` (the policy still
-    halts within it), per split; written to ``RUN_DIR/eval/depth_curve.json``."""
+    halts within it), per split; written to ``RUN_DIR/eval/depth_curve.json`` (with
+    ``policy``: to ``out``'s, as :func:`evaluate_run`)."""
     run_dir = Path(run_dir)
-    run, labels, bs = _open(run_dir, splits, n, batch_size, threads, model_factory)
+    run, labels, bs, target = _open(run_dir, splits, n, batch_size, threads, model_factory, policy, out)
     curve: dict[str, list] = {}
     for split in splits:
         rows = []
@@ -263,7 +348,7 @@ def depth_curve(run_dir: Path | str, depths: Sequence[int], splits: Sequence[str
         curve[split] = rows
     result = {"checkpoint_step": run.step, "trained_max_steps": run.cfg.model.max_steps,
               "segments": run.cfg.supervision.segments, "n": n, "splits": curve}
-    out_dir = run_dir / EVAL_DIR
+    out_dir = target / EVAL_DIR
     out_dir.mkdir(exist_ok=True)
     atomic_write_text(out_dir / DEPTH_CURVE_FILE, json.dumps(result, indent=1))
     return result
