@@ -27,8 +27,8 @@ from torch import nn
 
 from ponder.errors import ConfigError
 from ponder.generate.metrics import SpecStats
-from ponder.generate.sampling import Sampling, draw
-from ponder.generate.speculative import SpecResult, run_rounds
+from ponder.generate.sampling import Sampling
+from ponder.generate.speculative import SpecResult, _propose, _unsure, run_rounds
 from ponder.hf import glue
 from ponder.hf.stack import LayerStack, crop
 
@@ -75,20 +75,19 @@ class HFSelfDraft:
     def first(self, y: int) -> None:
         self.pending = [y]
 
-    def draft(self, kk: int, sampling: Sampling, gen, stats: SpecStats, stop: float = 0.0):
+    def draft(self, kk: int, sampling: Sampling, gen, stats: SpecStats, stop: float = 0.0,
+              eos: Optional[int] = None):
+        """Up to ``kk`` drafts from layer E. An EOS draft is opened like any other (so the
+        verifier always returns len(ds) + 1 rows); ``eos`` is taken for the loop's interface."""
         logits = self._open(self.pending)  # the verifier needs these columns' layer-E states
         stats.draft_forwards += 1
         self.pending = []
         ds: list[int] = []
         qs: list[torch.Tensor] = []
         for i in range(kk):
-            if i and stop > 0 and float(torch.softmax(logits.double(), -1).max()) < stop:
+            if i and _unsure(logits, stop):
                 break
-            if sampling.greedy:
-                ds.append(int(logits.argmax()))
-            else:
-                qs.append(sampling.probs(logits))
-                ds.append(int(draw(qs[-1], gen)))
+            ds.append(_propose(logits, sampling, gen, qs))
             logits = self._open([ds[-1]])  # the last draft is opened too: p_{k+1} follows it
             stats.draft_forwards += 1
         return ds, qs
