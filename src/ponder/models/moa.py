@@ -48,6 +48,7 @@ class MixtureOfAttentionHeads(AttentionKind):
     paper = "Zhang et al. 2022, Mixture of Attention Heads (arXiv:2210.05144); SUT (arXiv:2310.07096)"
     Knobs = MoAKnobs
     out_reads_input = True
+    peri = True
 
     def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0, knobs: Any = None) -> None:
         super().__init__()
@@ -80,12 +81,14 @@ class MixtureOfAttentionHeads(AttentionKind):
         q = expert_apply(y.index_select(0, rows), self.q_experts, idx.reshape(-1)).view(R, H, self.head_dim)
         return q if rope is None else apply_rotary(q, rope[0][:, None], rope[1][:, None])
 
-    def keys_values(self, y: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def keys_values(self, y: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]],
+                    x: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """y [R, D] normed rows → [R, 2·D]; values from the raw rows x when given (peri)."""
         R, H, hd = y.shape[0], self.n_heads, self.head_dim
         k = self.k(y).view(R, 1, hd)
         if rope is not None:
             k = apply_rotary(k, rope[0][:, None], rope[1][:, None])
-        v = self.v(y).view(R, 1, hd)
+        v = self.v(y if x is None else x).view(R, 1, hd)
         # every slot (head) of a query reads the same shared keys and values
         return torch.cat([k.expand(R, H, hd).reshape(R, H * hd), v.expand(R, H, hd).reshape(R, H * hd)], 1)
 

@@ -182,6 +182,7 @@ class RoutedFFN(FFN):
     """
 
     has_router: bool = True
+    peri = "select"
 
     def __init__(self, *, d_model: int, d_ff: int, dropout: float = 0.0, knobs: Any = None) -> None:
         super().__init__()
@@ -211,11 +212,13 @@ class RoutedFFN(FFN):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, ctx: Optional[AttnContext] = None,
-                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x [R, D] → [R, D]; rows that do not enter get 0 from the routed experts."""
+                rows: Optional[torch.Tensor] = None, select: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [R, D] → [R, D]; rows that do not enter get 0 from the routed experts. ``select``
+        [R, D]: the rows the router reads instead of x (peri-layernorm: the normed residual,
+        while the experts read the raw x)."""
         R = x.shape[0]
         idx = entering(ctx, rows, x).nonzero().view(-1)
-        a, probs = self.route(x, idx, ctx, rows)
+        a, probs = self.route(x if select is None else select, idx, ctx, rows)
         keep: Optional[torch.Tensor] = None
         cf = getattr(self.knobs, "capacity_factor", 0.0)
         if cf > 0 and a.token.numel():
