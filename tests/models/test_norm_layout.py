@@ -175,7 +175,7 @@ def test_topk_and_moa_mi_loss_equal_a_per_token_loop():
     rows = [r for r in range(B * L) if enter.view(-1)[r]]
 
     def loop_mi(router):
-        ps = [torch.softmax(router(x[r]), 0) for r in rows]
+        ps = [torch.softmax(router(x[r]), 0).detach() for r in rows]
         ent = lambda p: -sum(float(v) * math.log(float(v)) for v in p)  # noqa: E731
         mean = sum(ps) / len(ps)
         return ent(mean) - sum(ent(p) for p in ps) / len(ps)
