@@ -34,7 +34,7 @@ def heatmaps(out: Path, path: Path) -> None:
         return
     fig = Figure(figsize=(2.3 * len(routed) + 1.0, 2.9 * len(TASKS)), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(TASKS), len(routed), squeeze=False)
+    axes = fig.subplots(len(TASKS), len(routed), squeeze=False, gridspec_kw={"wspace": 0.45, "hspace": 0.55})
     image = None
     for i, task in enumerate(TASKS):
         for j, row in enumerate(routed):

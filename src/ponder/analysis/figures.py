@@ -277,7 +277,7 @@ def render_experts(analysis: dict[str, Any]) -> Figure:
     """Expert × complexity heat maps, one panel per split (runs with a routed-expert FFN)."""
     splits = analysis.get("experts") or {}
     fig = _new(2.6 * max(1, len(splits)) + 0.8, 3.2)
-    axes = fig.subplots(1, max(1, len(splits)), squeeze=False)[0]
+    axes = fig.subplots(1, max(1, len(splits)), squeeze=False, gridspec_kw={"wspace": 0.4})[0]
     if not splits:
         _empty(axes[0], "no routed experts")
         return fig
