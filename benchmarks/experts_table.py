@@ -56,12 +56,14 @@ def describe(run: Path) -> dict[str, Any]:
     analysis = json.loads((run / "analysis.json").read_text())
     ex = analysis.get("experts", {})
     steps = tr[-1]["step"] if tr else None
-    return {"task": task, "row": row, "ffn": ffn, "attention": attn, "steps": steps, "acc": acc,
+    knobs = cfg["model"]["ffn"].get("knobs") or {}
+    n_experts = 2 ** knobs.get("depth", 3) if ffn == "fff" else knobs.get("n_experts", 8)
+    return {"task": task, "row": row, "ffn": ffn, "n_experts": n_experts, "attention": attn, "steps": steps, "acc": acc,
             "flops": flops, "experts": ex,
             "dropped": late_mean(tr, f"stat_route/{ffn}.dropped"),
             "entropy": late_mean(tr, f"stat_route/{ffn}.entropy"),
             "margin": late_mean(tr, f"stat_route/{ffn}.margin"),
-            "leaf_entropy": late_mean(tr, "stat_fff_leaf_entropy"),
+            "leaf_entropy": late_mean(tr, "stat_route/fff_leaf_entropy"),
             "policy": cfg["policy"]["name"], "mean_steps": json.loads(
                 (run / "eval" / "valid.json").read_text()).get("mean_steps")}
 
@@ -76,7 +78,7 @@ def main(out: Path) -> None:
               f"{d['acc']['valid']:.3f} | {d['acc']['ood']:.3f} | {d['flops'] / 1e6:.3f} M | "
               f"{fmt(d['mean_steps'], '.2f')} |")
     print()
-    print("| task | row | load per expert (valid, first choice) | dropped (train) | routing entropy, nats "
+    print("| task | row | load per expert (valid, first choice; fff: per leaf) | dropped (train) | routing entropy, nats "
           "(train) | margin (train) | I(expert; complexity) valid, bits [shuffled] | normalised | "
           "I ood, bits [shuffled] |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
@@ -84,8 +86,10 @@ def main(out: Path) -> None:
         v, o = d["experts"].get("valid"), d["experts"].get("ood")
         if v is None:
             continue
-        load = " / ".join(f"{v['load'][k]:.2f}" for k in sorted(v["load"], key=int))
-        ent = fmt(d["entropy"], ".2f") if d["ffn"] != "fff" else f"{fmt(d['leaf_entropy'], '.2f')} (leaf)"
+        # every expert of the layer, the never-chosen ones as 0
+        shares = {int(k): x for k, x in v["load"].items()}
+        load = " / ".join(f"{shares.get(e, 0.0):.2f}" for e in range(d["n_experts"]))
+        ent = fmt(d["entropy"], ".2f") if d["ffn"] != "fff" else f"{fmt(d['leaf_entropy'], '.4f')} (leaf)"
         print(f"| {d['task']} | {d['row']} | {load} | {fmt(d['dropped'], '.3f')} | {ent} | "
               f"{fmt(d['margin'], '.2f')} | {v['mutual_information_bits']:.3f} [{v['shuffled_bits']:.3f}] | "
               f"{v['normalised']:.2f} | "
