@@ -82,4 +82,44 @@ def test_records_analysis_and_report_show_the_experts(run_dir, tmp_path):
     assert t["mutual_information_bits"] == pytest.approx(mi)
     report = tmp_path / "r.html"
     assert main(["report", str(run_dir), "--out", str(report)]) == 0
-    assert "Experts and complexity" in report.read_text()
+    page = report.read_text()
+    assert "Experts and complexity" in page and "expert × complexity of" in page  # the heat map
+
+
+def test_fff_records_its_inference_leaf_as_the_expert():
+    """fff: the recorded expert is the leaf the hard descent reaches in the core block."""
+    cfg = ModelConfig(d_model=16, n_heads=2, d_ff=32, prelude=0, coda=1, max_steps=1, positions="none",
+                      execution="dense", ffn=KindConfig(kind="fff", knobs={"depth": 2}))
+    torch.manual_seed(0)
+    model = models.build(cfg, ScriptedPolicy(steps=1), vocab_size=9).eval()
+    tokens = torch.randint(0, 9, (2, 5))
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    seen = {}
+    ffn = model.core.blocks[0].ffn
+    hook = ffn.register_forward_hook(lambda m, args, out: seen.setdefault("x", args[0]))
+    with torch.no_grad():
+        expert = model(tokens, mask).extras["expert"]
+    hook.remove()
+    # the leaf by the definition: right at node n iff w_n·x + b_n > 0, heap children 2n+1, 2n+2
+    x = seen["x"]
+    for r in range(10):
+        if not mask.view(-1)[r]:
+            assert int(expert.view(-1)[r]) == -1
+            continue
+        n = 0
+        for _ in range(2):
+            n = 2 * n + 1 + int(float((x[r] @ ffn.node_w[n] + ffn.node_b[n]).detach()) > 0)
+        assert int(expert.view(-1)[r]) == n - 3
+
+
+def test_experts_heatmap_rows_are_each_levels_shares():
+    from ponder.analysis import figures
+    # as read back from analysis.json: keys are strings
+    t = {"experts": [0, 1, 2], "table": {"2": {"0": 3, "2": 1}, "1": {"1": 5}},
+         "mutual_information_bits": 0.5, "shuffled_bits": 0.01}
+    share, levels, experts = figures.experts_matrix(t)
+    assert levels == [1, 2] and experts == [0, 1, 2]
+    np.testing.assert_allclose(share, [[0, 1, 0], [0.75, 0, 0.25]])
+    png = figures.png_bytes(figures.render_experts({"experts": {"valid": t, "ood": t}}))
+    assert png[:4] == b"\x89PNG"

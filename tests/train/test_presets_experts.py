@@ -29,12 +29,13 @@ def test_preset_trains_a_few_steps(preset, expect, tmp_path):
     assert cfg.model.ffn.kind == expect["ffn"]
     if preset == "moeut":
         assert cfg.model.core == 2 and cfg.model.prelude == 0 and cfg.model.coda == 0
+        assert cfg.model.norm_layout == "peri"
     train(cfg, tmp_path / preset, progress="none")
     rows = [json.loads(line) for line in (tmp_path / preset / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r.get("split") == "train" and "loss" in r]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
     assert load_checkpoint(tmp_path / preset).step == 4
     # the kinds' regularisers are part of the objective
-    aux = {"sut": ["stat_aux/topk_balance", "stat_aux/topk_z"],
+    aux = {"sut": ["stat_aux/topk_mi", "stat_aux/moa_mi"],
            "moeut": ["stat_aux/switchhead_entropy", "stat_aux/sigma_moe_entropy"]}[preset]
     assert all(key in r for r in rows if r.get("split") == "train" for key in aux)

@@ -244,6 +244,50 @@ def render_depth_curve(analysis: dict[str, Any]) -> Figure:
     return fig
 
 
+def experts_matrix(t: dict[str, Any]) -> tuple[np.ndarray, list[int], list[int]]:
+    """One split's ``experts`` analysis → (share [complexities, experts]: each complexity
+    level's tokens per expert, rows summing to 1; the complexity levels; the experts)."""
+    experts = [int(e) for e in t["experts"]]
+    levels = sorted(int(c) for c in t["table"])
+    share = np.zeros((len(levels), len(experts)))
+    for i, c in enumerate(levels):
+        counts = t["table"].get(c, t["table"].get(str(c), {}))
+        for j, e in enumerate(experts):
+            share[i, j] = counts.get(e, counts.get(str(e), 0))
+        share[i] /= max(share[i].sum(), 1)
+    return share, levels, experts
+
+
+def draw_experts_heatmap(ax, t: dict[str, Any], title: str) -> Any:
+    """The expert × complexity heat map of one split on ``ax`` (colour: share of the level's
+    tokens; the title carries I(expert; complexity) and its shuffled-complexity value)."""
+    share, levels, experts = experts_matrix(t)
+    image = ax.imshow(share, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(experts)), [str(e) for e in experts], fontsize=7)
+    step = max(1, len(levels) // 10)
+    ax.set_yticks(range(0, len(levels), step), [str(c) for c in levels[::step]], fontsize=7)
+    ax.set_xlabel("expert (first choice)", fontsize=8)
+    ax.set_ylabel("complexity", fontsize=8)
+    ax.set_title(f"{title}\nI = {t['mutual_information_bits']:.2f} bits "
+                 f"[shuffled {t['shuffled_bits']:.2f}]", fontsize=8)
+    return image
+
+
+def render_experts(analysis: dict[str, Any]) -> Figure:
+    """Expert × complexity heat maps, one panel per split (runs with a routed-expert FFN)."""
+    splits = analysis.get("experts") or {}
+    fig = _new(2.6 * max(1, len(splits)) + 0.8, 3.2)
+    axes = fig.subplots(1, max(1, len(splits)), squeeze=False, gridspec_kw={"wspace": 0.4})[0]
+    if not splits:
+        _empty(axes[0], "no routed experts")
+        return fig
+    image = None
+    for ax, (split, t) in zip(axes, splits.items()):
+        image = draw_experts_heatmap(ax, t, split)
+    fig.colorbar(image, ax=list(axes), label="share of the level's tokens", shrink=0.85)
+    return fig
+
+
 RENDERERS = {
     "alignment": render_alignment,
     "steps_by_complexity": render_steps_by_complexity,
@@ -253,7 +297,8 @@ RENDERERS = {
     "depth_curve": render_depth_curve,
 }
 # drawn only when the analysis has the section (runs swept with ``ponder eval --sweep``)
-OPTIONAL_RENDERERS = {"size_sweep": render_size_sweep}
+# (and by runs with a routed-expert FFN kind: ``experts``)
+OPTIONAL_RENDERERS = {"size_sweep": render_size_sweep, "experts": render_experts}
 
 
 def png_bytes(fig: Figure) -> bytes:

@@ -239,6 +239,9 @@ def _experts_section(entries: list[dict[str, Any]]) -> str:
     information between expert and complexity, for runs with a routed-expert FFN kind."""
     parts = []
     for e in entries:
+        if e["analysis"].get("experts"):
+            png = _figure_png(e["run"], e["analysis"], "experts")
+            parts.append(f'<div class="figwrap">{_img(png, "expert × complexity of " + e["label"])}</div>')
         for split, t in (e["analysis"].get("experts") or {}).items():
             experts = t["experts"]
             head = "".join(f"<th>e{x}</th>" for x in experts)

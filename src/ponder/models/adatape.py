@@ -375,6 +375,9 @@ def build_adatape(model_cfg: ModelConfig, policy: Any = None, *, vocab_size: int
     from ponder.models.recurrent import block_spec
 
     spec = block_spec(model_cfg)
+    if spec.norm_layout != "pre":
+        # its encoder layer has its own FFN call for the tape tokens (pre-norm only)
+        raise ConfigError("adatape's encoder is pre-norm only: set model.norm_layout=pre")
     if spec.router != "none":
         raise ConfigError("adatape has no core to route (its encoder runs every token): set model.router.kind=none")
     if spec.residual != "add":

@@ -83,6 +83,7 @@ class ModelConfig:
     positions: str = "learned"     # learned | rotary | none
     max_len: int = 512             # for learned positions
     norm: str = "rmsnorm"          # rmsnorm | layernorm
+    norm_layout: str = "pre"       # pre (sub-layers read norm(x)) | peri (MoEUT: only selections, Q/K and the head read a norm)
     step_embedding: bool = True    # add a learned embedding of the step index at each step
     token_parts: bool = False      # also embed compound tokens' parts ("8>13" → 0:8, 1:13)
     dropout: float = 0.0

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ponder.errors import ConfigError
+from ponder.models.experts.routing import entering, note_experts
 from ponder.models.kinds import FFNS
 from ponder.models.layers import FFN, AttnContext
 from ponder.tasks.base import knob
@@ -121,8 +122,7 @@ class FastFeedForward(FFN):
             node = 2 * node + 1 + (s > 0).long()
         return node - (self.n_leaves - 1)
 
-    def _hard(self, x: torch.Tensor) -> torch.Tensor:
-        leaf = self.leaves(x)
+    def _hard(self, x: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
         order = torch.argsort(leaf, stable=True)
         counts = torch.bincount(leaf, minlength=self.n_leaves).tolist()
         xs = x.index_select(0, order)
@@ -138,9 +138,15 @@ class FastFeedForward(FFN):
 
     def forward(self, x: torch.Tensor, ctx: Optional[AttnContext] = None,
                 rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x [R, D] (normed) → [R, D]."""
-        out = self._soft(x, ctx, rows) if self.training else self._hard(x)
-        return self.drop(out)
+        """x [R, D] (normed) → [R, D]. At inference each entering row's leaf is noted as its
+        expert (``routing.note_experts``: the eval records' ``expert`` column, so the expert ×
+        complexity diagnostics cover the tree's leaves too)."""
+        if self.training:
+            return self.drop(self._soft(x, ctx, rows))
+        leaf = self.leaves(x)
+        idx = entering(ctx, rows, x).nonzero().view(-1)
+        note_experts(ctx, rows, x.shape[0], idx, leaf.index_select(0, idx))
+        return self.drop(self._hard(x, leaf))
 
     def flops_per_token(self) -> float:
         D, w = self.d_model, self.leaf_width

@@ -122,6 +122,7 @@ class GeometricAttention(Attention):
     Knobs = GeometricKnobs
     weights = "geometric"
     extra_query_channels = 2
+    peri = False   # its reference forward reads keys and values from the normed rows only
 
     def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0, knobs: Any = None) -> None:
         super().__init__(d_model=d_model, n_heads=n_heads, dropout=dropout)
@@ -141,8 +142,8 @@ class GeometricAttention(Attention):
         return geometric_attention(q[..., :hd], k, v, q[..., hd:], allowed=allowed,
                                    normalize=self.normalize, dropout=p)
 
-    def forward(self, y: torch.Tensor, ctx: AttnContext,
-                y_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, ctx: AttnContext, y_kv: Optional[torch.Tensor] = None,
+                x_v: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Reference: y [B, L, D] (normed) → [B, L, D]; keys/values from ``y_kv`` when given."""
         B, L, D = y.shape
         H, hd = self.n_heads, self.head_dim

@@ -236,6 +236,10 @@ class AttentionKind(nn.Module):
     with every query at its own position (e = ``extra_query_channels``, per-query extras such
     as direction biases that ``queries`` appends to each head); the dispatcher then never
     packs queries or uses the compiled kernels.
+
+    Peri-layernorm (``BlockSpec.norm_layout="peri"``, MoEUT): ``keys_values(y, rope, x=x)``
+    computes the keys (and any selection) from the normed rows y and the values from the
+    raw rows x [R, D]; a kind that can do so sets ``peri = True``.
     """
 
     name: ClassVar[str] = ""
@@ -248,6 +252,7 @@ class AttentionKind(nn.Module):
     out_reads_input: ClassVar[bool] = False
     weights: ClassVar[str] = "softmax"
     extra_query_channels: ClassVar[int] = 0
+    peri: ClassVar[bool] = False
 
     def out_rows(self, a: torch.Tensor, y: Optional[torch.Tensor], ctx: AttnContext,
                  rows: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -257,16 +262,21 @@ class AttentionKind(nn.Module):
         return self.out(a)
 
     def forward(self, y: torch.Tensor, ctx: AttnContext,
-                y_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
+                y_kv: Optional[torch.Tensor] = None, x_v: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Reference: y [B, L, D] (normed) → [B, L, D], every token a query; keys/values from
-        ``y_kv`` [B, L, D] (normed) when given, else from y."""
+        ``y_kv`` [B, L, D] (normed) when given, else from y; the values from the raw ``x_v``
+        [B, L, D] when given (peri-layernorm)."""
         B, L, D = y.shape
         H, hd = self.n_heads, self.head_dim
         rows = y.reshape(B * L, D)
         rope = ctx.rope_rows(ctx.positions(B * L))
         q = self.queries(rows, rope).view(B, L, H, hd).transpose(1, 2)
         kv_rows = rows if y_kv is None else y_kv.reshape(B * L, D)
-        kv = self.keys_values(kv_rows, rope).view(B, L, 2, H, hd)
+        if x_v is None:
+            kv = self.keys_values(kv_rows, rope)
+        else:
+            kv = self.keys_values(kv_rows, rope, x=x_v.reshape(B * L, D))
+        kv = kv.view(B, L, 2, H, hd)
         k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
         p = self.dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask, dropout_p=p)
@@ -279,6 +289,7 @@ class Attention(AttentionKind):
 
     name = "standard"
     paper = "Vaswani et al. 2017, Attention Is All You Need"
+    peri = True
 
     def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0, knobs: Any = None) -> None:
         super().__init__()
@@ -295,8 +306,15 @@ class Attention(AttentionKind):
         q = self.q(y).view(-1, self.n_heads, self.head_dim)
         return q if rope is None else apply_rotary(q, rope[0][:, None], rope[1][:, None])
 
-    def keys_values(self, y: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        kv = self.kv(y)
+    def keys_values(self, y: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]],
+                    x: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if x is None:
+            kv = self.kv(y)
+        else:
+            # peri-layernorm: keys from the normed rows, values from the raw ones
+            D = y.shape[-1]
+            w, b = self.kv.weight, self.kv.bias
+            kv = torch.cat([F.linear(y, w[:D], b[:D]), F.linear(x, w[D:], b[D:])], dim=-1)
         if rope is None:
             return kv
         D = kv.shape[-1] // 2
@@ -326,12 +344,19 @@ class FFN(nn.Module):
     with auxiliary losses adds them with ``ctx.add_aux`` (never as module state), averaged
     over the rows that really enter the block (``ctx.row_weight(rows, R, dtype)``: a dense
     pass also computes pads and frozen tokens, whose outputs are thrown away).
+
+    Peri-layernorm (``BlockSpec.norm_layout="peri"``, MoEUT: no norm on what the FFN
+    computes with, only on what feeds a selection): ``peri`` says how a kind runs there —
+    ``"raw"``: it reads the raw residual rows (no selection: ``dense``); ``"select"``: it is
+    called ``forward(x, ctx, rows, select=norm(x))``, its experts read the raw x and its
+    router the normed rows; ``""``: not supported (the model refuses the layout).
     """
 
     name: ClassVar[str] = ""
     causal: ClassVar[bool] = True
     paper: ClassVar[str] = ""
     Knobs: ClassVar[type] = NoKnobs
+    peri: ClassVar[str] = ""
 
 
 @FFNS.register
@@ -340,6 +365,7 @@ class MLP(FFN):
 
     name = "dense"
     paper = "Vaswani et al. 2017, Attention Is All You Need"
+    peri = "raw"
 
     def __init__(self, *, d_model: int, d_ff: int, dropout: float = 0.0, knobs: Any = None) -> None:
         super().__init__()
@@ -400,6 +426,7 @@ class BlockSpec:
     n_heads: int
     d_ff: int
     norm: str = "rmsnorm"
+    norm_layout: str = "pre"      # pre (every sub-layer reads norm(x)) | peri (MoEUT)
     dropout: float = 0.0
     ffn: str = "dense"
     ffn_knobs: Any = None
@@ -427,6 +454,12 @@ class Block(nn.Module):
 
         u = x + attn(norm1(x));  n = norm2(u);  g = σ(W_g n + b_g)   (b_g = −3: copy)
         x' = g ⊙ ffn(n) + (1 − g) ⊙ x
+
+    With ``spec.norm_layout="peri"`` (MoEUT's peri-layernorm, ``moeut.py``: the residual is
+    never normalised; only what feeds a softmax / sigmoid is): queries, keys and the
+    attention's selections read norm1(x), the values the raw x; the FFN's router reads
+    norm2(x), its experts (or a dense FFN itself) the raw x. The readout's final norm
+    normalises the output before the head, as MoEUT's ``out_norm``.
 
     The row-level pieces (what the dense reference, the compacted stepper and AdaTape's encoder
     all build from; rows are flat ``[R, D]`` buffers of any chosen tokens):
@@ -457,6 +490,19 @@ class Block(nn.Module):
         if spec.residual == "copy_gate":
             self.gate = nn.Linear(spec.d_model, spec.d_model)
             nn.init.constant_(self.gate.bias, COPY_GATE_BIAS)
+        if spec.norm_layout not in ("pre", "peri"):
+            raise ConfigError(f"unknown norm_layout {spec.norm_layout!r}; layouts: pre, peri")
+        self.peri = spec.norm_layout == "peri"
+        if self.peri and not self.attn.peri:
+            raise ConfigError(f"norm_layout peri: attention kind {spec.attention!r} cannot read its "
+                              f"values from the raw residual; peri-capable kinds: "
+                              f"{', '.join(n for n in ATTENTIONS.names() if ATTENTIONS.cls(n).peri)}")
+        if self.peri and not self.ffn.peri:
+            raise ConfigError(f"norm_layout peri: ffn kind {spec.ffn!r} cannot run on the raw residual; "
+                              f"peri-capable kinds: "
+                              f"{', '.join(n for n in FFNS.names() if FFNS.cls(n).peri)}")
+        if self.peri and self.gate is not None:
+            raise ConfigError("norm_layout peri and residual copy_gate do not combine (not built)")
 
     # -- the row-level pieces -------------------------------------------------------------
     def kv_rows(self, x: torch.Tensor, rope,
@@ -465,7 +511,11 @@ class Block(nn.Module):
         come from ``source`` [R, D] instead of x when given (SUT's stick-breaking: the
         soft-halted mix is what the others attend to)."""
         y = self.norm1(x)
-        return y, self.attn.keys_values(y if source is None else self.norm1(source), rope)
+        src = x if source is None else source
+        y_src = y if source is None else self.norm1(source)
+        if self.peri:
+            return y, self.attn.keys_values(y_src, rope, x=src)
+        return y, self.attn.keys_values(y_src, rope)
 
     def q_rows(self, y: torch.Tensor, rope) -> torch.Tensor:
         """y [R, D] (normed) → queries [R, H, hd]."""
@@ -490,8 +540,12 @@ class Block(nn.Module):
 
     def ffn_residual(self, x: torch.Tensor, ctx: AttnContext,
                      rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x [R, D] → x + ffn(norm2(x))."""
-        return x + self.ffn(self.norm2(x), ctx, rows)
+        """x [R, D] → x + ffn(norm2(x)) (peri: see the class docstring)."""
+        if not self.peri:
+            return x + self.ffn(self.norm2(x), ctx, rows)
+        if self.ffn.peri == "select":
+            return x + self.ffn(x, ctx, rows, select=self.norm2(x))
+        return x + self.ffn(x, ctx, rows)
 
     # -- the reference ------------------------------------------------------------------
     def forward(self, h: torch.Tensor, ctx: AttnContext,
@@ -499,7 +553,9 @@ class Block(nn.Module):
         """h [B, L, D] → [B, L, D]; keys/values from ``source`` [B, L, D] when given."""
         B, L, D = h.shape
         y = self.norm1(h)
-        u = h + self.drop(self.attn(y, ctx, None if source is None else self.norm1(source)))
+        y_kv = None if source is None else self.norm1(source)
+        x_v = (h if source is None else source) if self.peri else None
+        u = h + self.drop(self.attn(y, ctx, y_kv, x_v))
         return self.update(h.reshape(B * L, D), u.reshape(B * L, D), ctx).view(B, L, D)
 
     def flops_per_token(self, n_keys: torch.Tensor | float) -> torch.Tensor | float:

@@ -15,7 +15,9 @@ The shared keys and values are handed to the dispatcher once per slot (the slots
 heads). Query and output experts run sorted by expert, one matmul per expert.
 
 SUT (Tan et al. 2023) trains this with a mutual-information loss (weight 0.1 in its WMT
-config; its sign is questionable, reference/mechanisms_next.md); none is added here.
+config): knob ``mi`` adds ``−mi · MI(expert; token)`` of the router's softmax over the
+entering query rows (``experts.routing.mutual_information``; the sign SUT's paper describes
+— its code's sign is questionable, reference/mechanisms_next.md §4).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import nn
 from ponder.errors import ConfigError
 from ponder.models.kinds import ATTENTIONS
 from ponder.models.layers import AttentionKind, AttnContext, apply_rotary
+from ponder.models.experts.routing import mutual_information
 from ponder.models.switchhead import expert_apply
 from ponder.tasks.base import knob
 
@@ -37,6 +40,7 @@ from ponder.tasks.base import knob
 @dataclass(frozen=True)
 class MoAKnobs:
     experts: int = knob(8, lo=1, hi=1024, help="attention experts E (each token uses n_heads of them)")
+    mi: float = knob(0.0, lo=0.0, hi=10.0, help="weight of SUT's mutual-information loss −MI(expert; token)")
 
 
 @ATTENTIONS.register
@@ -48,6 +52,7 @@ class MixtureOfAttentionHeads(AttentionKind):
     paper = "Zhang et al. 2022, Mixture of Attention Heads (arXiv:2210.05144); SUT (arXiv:2310.07096)"
     Knobs = MoAKnobs
     out_reads_input = True
+    peri = True
 
     def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0, knobs: Any = None) -> None:
         super().__init__()
@@ -58,6 +63,7 @@ class MixtureOfAttentionHeads(AttentionKind):
             raise ConfigError(f"attention kind 'moa': n_heads={n_heads} (experts per token) exceeds "
                               f"experts={kn.experts}")
         self.n_heads, self.head_dim, self.dropout, self.n_experts = n_heads, d_model // n_heads, dropout, kn.experts
+        self.mi = kn.mi
         hd, E = self.head_dim, kn.experts
         self.router = nn.Linear(d_model, E, bias=False)
         self.k = nn.Linear(d_model, hd)
@@ -80,12 +86,14 @@ class MixtureOfAttentionHeads(AttentionKind):
         q = expert_apply(y.index_select(0, rows), self.q_experts, idx.reshape(-1)).view(R, H, self.head_dim)
         return q if rope is None else apply_rotary(q, rope[0][:, None], rope[1][:, None])
 
-    def keys_values(self, y: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def keys_values(self, y: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]],
+                    x: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """y [R, D] normed rows → [R, 2·D]; values from the raw rows x when given (peri)."""
         R, H, hd = y.shape[0], self.n_heads, self.head_dim
         k = self.k(y).view(R, 1, hd)
         if rope is not None:
             k = apply_rotary(k, rope[0][:, None], rope[1][:, None])
-        v = self.v(y).view(R, 1, hd)
+        v = self.v(y if x is None else x).view(R, 1, hd)
         # every slot (head) of a query reads the same shared keys and values
         return torch.cat([k.expand(R, H, hd).reshape(R, H * hd), v.expand(R, H, hd).reshape(R, H * hd)], 1)
 
@@ -97,6 +105,11 @@ class MixtureOfAttentionHeads(AttentionKind):
         """a [R, D] the slots' outputs, y [R, D] the query rows' normed input → [R, D]."""
         R, H, hd = a.shape[0], self.n_heads, self.head_dim
         idx, gate = self.choose(y)
+        if self.mi > 0 and ctx is not None:
+            enter = (ctx.row_weight(rows, R, y.dtype) > 0).nonzero().view(-1)
+            if enter.numel():
+                p_t = torch.softmax(self.router(y.index_select(0, enter)), dim=-1).t()   # [E, n]
+                ctx.add_aux("moa_mi", -self.mi * mutual_information(p_t))
         o = expert_apply(a.reshape(R * H, hd), self.o_experts, idx.reshape(-1)).view(R, H, a.shape[1])
         return (o * gate[..., None]).sum(1)
 

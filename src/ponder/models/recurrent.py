@@ -54,6 +54,8 @@ def validate_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"unknown positions {cfg.positions!r}; positions: learned, rotary, none")
     if cfg.norm not in ("rmsnorm", "layernorm"):
         raise ConfigError(f"unknown norm {cfg.norm!r}; norms: rmsnorm, layernorm")
+    if cfg.norm_layout not in ("pre", "peri"):
+        raise ConfigError(f"unknown norm_layout {cfg.norm_layout!r}; layouts: pre, peri")
     if cfg.execution not in EXECUTIONS:
         raise ConfigError(f"unknown execution {cfg.execution!r}; executions: {', '.join(EXECUTIONS)}")
     if cfg.positions == "rotary" and (cfg.d_model // cfg.n_heads) % 2:
@@ -90,7 +92,7 @@ def block_spec(cfg: ModelConfig) -> BlockSpec:
         if cfg.causal and not registry.cls(kind).causal:
             raise ConfigError(f"{what} kind {kind!r} is not causal and cannot run in a causal model")
     return BlockSpec(d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff, norm=cfg.norm,
-                     dropout=cfg.dropout, ffn=cfg.ffn.kind, ffn_knobs=knobs["ffn"],
+                     norm_layout=cfg.norm_layout, dropout=cfg.dropout, ffn=cfg.ffn.kind, ffn_knobs=knobs["ffn"],
                      attention=cfg.attention.kind, attention_knobs=knobs["attention"],
                      router=cfg.router.kind, router_knobs=knobs["router"], residual=cfg.residual)
 

@@ -19,9 +19,10 @@ It is computed on the output selection only: the value selection happens in
 ``keys_values``, whose rows are keys (the compacted path caches frozen tokens' keys and values
 and does not recompute them), so a mean over them would differ between execution modes.
 
-Differences from MoEUT's module: ponder's blocks are pre-norm, so values read the normed
-input like queries and keys (MoEUT's peri-layernorm feeds values the raw residual); no
-dropout on the expert scores.
+Differences from MoEUT's module: in a pre-norm block (ponder's default) the values read the
+normed input like queries and keys; with ``model.norm_layout=peri`` they read the raw
+residual, as MoEUT's peri-layernorm (the selections still read the normed rows). No dropout
+on the expert scores.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class SwitchHead(AttentionKind):
     paper = "Csordás et al. 2023, SwitchHead (arXiv:2312.07987); MoEUT (arXiv:2405.16039)"
     Knobs = SwitchHeadKnobs
     out_reads_input = True
+    peri = True
 
     def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0, knobs: Any = None) -> None:
         super().__init__()
@@ -120,13 +122,17 @@ class SwitchHead(AttentionKind):
         q = self.q(y).view(-1, self.n_heads, self.head_dim)
         return q if rope is None else apply_rotary(q, rope[0][:, None], rope[1][:, None])
 
-    def keys_values(self, y: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def keys_values(self, y: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]],
+                    x: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """y [R, D] normed rows → [R, 2·D]; the value experts read the raw rows x [R, D] when
+        given (peri-layernorm; their selection still reads y, as MoEUT's ``k_src``)."""
         R, D = y.shape
         k = self.key(y).view(R, self.n_heads, self.head_dim)
         if rope is not None:
             k = apply_rotary(k, rope[0][:, None], rope[1][:, None])
         idx, gate = self._choose(self.v_sel(y))
-        v = expert_mix(y[:, None, :].expand(R, self.n_heads, D), self.v_experts, idx, gate)
+        src = y if x is None else x
+        v = expert_mix(src[:, None, :].expand(R, self.n_heads, D), self.v_experts, idx, gate)
         return torch.cat([k.reshape(R, D), v.reshape(R, D)], dim=1)
 
     def out(self, a: torch.Tensor) -> torch.Tensor:

@@ -102,6 +102,17 @@ def load_balance(probs_t: torch.Tensor, expert: torch.Tensor, n_experts: int) ->
     return n_experts * (f * P).sum()
 
 
+def mutual_information(probs_t: torch.Tensor) -> torch.Tensor:
+    """SUT's MI between expert and token, in nats: probs_t [E, n] the router probabilities
+    p(e | x) of n tokens, each token weighing 1/n (p(x) uniform over the batch's entering
+    rows) → ``H(mean_x p(e|x)) − mean_x H(p(e|x))``. Maximising it (SUT's MI loss is its
+    negative) asks for balanced average usage *and* confident per-token choices."""
+    if probs_t.shape[1] == 0:
+        return probs_t.sum()
+    h = lambda p: -(p * p.clamp_min(1e-30).log()).sum(0)  # noqa: E731  (entropy along experts)
+    return h(probs_t.mean(1)) - h(probs_t).mean()
+
+
 def z_loss(logits_t: torch.Tensor) -> torch.Tensor:
     """ST-MoE router z-loss ``mean(logsumexp(logits)²)`` over the entering rows (logits_t [E, n])."""
     return torch.logsumexp(logits_t, 0).pow(2).mean() if logits_t.shape[1] else logits_t.sum()
@@ -182,6 +193,7 @@ class RoutedFFN(FFN):
     """
 
     has_router: bool = True
+    peri = "select"
 
     def __init__(self, *, d_model: int, d_ff: int, dropout: float = 0.0, knobs: Any = None) -> None:
         super().__init__()
@@ -211,11 +223,13 @@ class RoutedFFN(FFN):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, ctx: Optional[AttnContext] = None,
-                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x [R, D] → [R, D]; rows that do not enter get 0 from the routed experts."""
+                rows: Optional[torch.Tensor] = None, select: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [R, D] → [R, D]; rows that do not enter get 0 from the routed experts. ``select``
+        [R, D]: the rows the router reads instead of x (peri-layernorm: the normed residual,
+        while the experts read the raw x)."""
         R = x.shape[0]
         idx = entering(ctx, rows, x).nonzero().view(-1)
-        a, probs = self.route(x, idx, ctx, rows)
+        a, probs = self.route(x if select is None else select, idx, ctx, rows)
         keep: Optional[torch.Tensor] = None
         cf = getattr(self.knobs, "capacity_factor", 0.0)
         if cf > 0 and a.token.numel():

@@ -5,14 +5,20 @@
 Capacity ``ceil(capacity_factor · n · k / E)`` pairs per expert; every token's first choice
 has priority over any second choice (then position, then sequence). A dropped pair adds
 nothing (the other choices keep their renormalised gates). Aux losses as ``switch``, with
-f_i the share of all n·k choices that picked i.
+f_i the share of all n·k choices that picked i; optionally SUT's mutual-information loss
+(Tan et al. 2023, ``moe.py::MoE``; knob ``mi``): ``−mi · MI(expert; token)`` with
+``MI = H(p̄) − mean_x H(p(·|x))``, p(·|x) the softmax router probabilities of an entering
+row and p̄ their mean (:func:`routing.mutual_information`). SUT's code returns
+``H(e|x) + H(e)`` (our reading of its signs, ``mechanisms_next.md`` §4), which would not
+maximise MI; this is the loss its paper describes (maximise MI).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from ponder.models.experts.routing import RoutedFFN, choice_major, small_topk, softmax_router
+from ponder.models.experts.routing import (RoutedFFN, choice_major, mutual_information, small_topk,
+                                           softmax_router)
 from ponder.models.experts.switch import aux_losses
 from ponder.models.kinds import FFNS
 from ponder.tasks.base import knob
@@ -27,6 +33,7 @@ class TopKKnobs:
     balance: float = knob(0.01, lo=0.0, hi=10.0, help="α of the load-balance loss")
     z_loss: float = knob(0.001, lo=0.0, hi=10.0, help="weight of the router z-loss")
     shared: int = knob(0, lo=0, hi=16, help="shared experts run on every token")
+    mi: float = knob(0.0, lo=0.0, hi=10.0, help="weight of SUT's mutual-information loss −MI(expert; token)")
 
 
 @FFNS.register
@@ -42,4 +49,6 @@ class TopK(RoutedFFN):
         top, expert = small_topk(probs, self.k)
         gate = top / top.sum(0, keepdim=True)
         aux_losses(self, ctx, logits, probs, expert.reshape(-1))
+        if ctx is not None and self.knobs.mi > 0 and idx.numel():
+            ctx.add_aux(f"{self.name}_mi", -self.knobs.mi * mutual_information(probs))
         return choice_major(idx, expert, gate), probs
