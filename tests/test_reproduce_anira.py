@@ -335,6 +335,36 @@ def test_resume_keeps_the_ledgers_finished_runs_and_reruns_the_rest(tmp_path, ca
     assert set(reusable(plan(_args(**base, steps=2, n=8, threads=2)), read_ledger(ledger))) == {"parity/anira_o/seed0"}
 
 
+def test_run_key_survives_a_config_field_added_with_its_default(monkeypatch):
+    """The ledger outlives code changes that add settings: a new field at its default (the
+    old behaviour) must not invalidate the finished runs' keys; a changed value must."""
+    import dataclasses
+
+    from ponder.apps import anira
+    from ponder.models.config import ModelConfig
+    from ponder.train import config as train_config
+
+    cfg = load_config(None, ["task.name=parity", "run.steps=7"])
+    before = anira.run_key(cfg, 8)
+    assert anira.run_key(load_config(None, ["task.name=parity", "run.steps=8"]), 8) != before
+    assert anira.run_key(load_config(None, ["task.name=parity", "run.steps=7", "run.threads=2"]), 8) == before
+
+    @dataclasses.dataclass
+    class Wider(ModelConfig):
+        later_knob: str = "off"        # a setting added after the ledger was written
+
+    @dataclasses.dataclass
+    class Later(train_config.TrainConfig):
+        model: Wider = dataclasses.field(default_factory=Wider)
+
+    monkeypatch.setattr(train_config, "TrainConfig", Later)
+    widened = Later(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "model"},
+                    model=Wider(**{f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(cfg.model)}))
+    assert anira.run_key(widened, 8) == before
+    widened.model.later_knob = "on"
+    assert anira.run_key(widened, 8) != before
+
+
 def test_a_corrupt_ledger_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "anira_runs.jsonl").write_text('{"name": "parity/anira_o/seed0"}\nnot json\n')
     code = main(["reproduce", "anira", "--only", "parity", "anira_o", "--seeds", "1", "--resume",

@@ -143,15 +143,38 @@ def plan(args: argparse.Namespace) -> list[Work]:
 
 def run_key(cfg: Any, n: int) -> str:
     """What a run's result depends on: its resolved config (but the thread count, which
-    changes the speed only) and the number of evaluated examples. Code changes are not in
-    the key: re-run from scratch (without ``--resume``) after changing the code."""
+    changes the speed only) and the number of evaluated examples. Only the settings that
+    differ from the defaults are hashed, so a config field added later with a default that
+    keeps the old behaviour leaves the ledger's keys valid. Code changes are not in the key:
+    re-run from scratch (without ``--resume``) after changing what the code computes."""
     import dataclasses
     import hashlib
 
+    from ponder.train.config import TrainConfig
+
     config = dataclasses.asdict(cfg)
     config["run"].pop("threads", None)
+    config = _changed(config, dataclasses.asdict(TrainConfig()))
     text = json.dumps({"config": config, "n": n}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _changed(value: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """The entries of the nested dict ``value`` that differ from ``default``'s."""
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        d = default.get(k, _MISSING)
+        if isinstance(v, dict) and isinstance(d, dict):
+            sub = _changed(v, d)
+            if sub:
+                out[k] = sub
+        elif v != d:
+            out[k] = v
+    out.update({k: "<absent>" for k in default if k not in value})
+    return out
+
+
+_MISSING = object()
 
 
 def _check_builds(cfg: Any, vocabs: dict[str, Any]) -> None:
