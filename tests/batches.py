@@ -46,3 +46,30 @@ def assert_same_gradients(loss, loss_ref, module, x, *, atol=1e-10, rtol=1e-8) -
         torch.testing.assert_close(zero if a is None else a, zero if b is None else b,
                                    atol=atol, rtol=rtol, msg=name)
     return dict(zip(names, got))
+
+
+def assert_compact_equals_dense(dense, tokens, mask, targets) -> None:
+    """A copy of ``dense`` (a model) run with ``execution="compact"`` gives the same steps,
+    logits on real tokens, FLOPs and parameter gradients of the loss."""
+    import copy
+    import dataclasses
+
+    comp = copy.deepcopy(dense)
+    comp.cfg = dataclasses.replace(dense.cfg, execution="compact")
+    dense.eval(), comp.eval()
+    with torch.no_grad():
+        a, b = dense(tokens, mask), comp(tokens, mask)
+    assert torch.equal(a.steps, b.steps)
+    torch.testing.assert_close(b.logits[mask], a.logits[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.flops, a.flops)
+    dense.train(), comp.train()
+    grads = []
+    for model in (dense, comp):
+        loss, _ = model.loss(model(tokens, mask), targets)
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    params = dict(dense.named_parameters())
+    for name in grads[0].keys() | grads[1].keys():   # a gradient missing on one side counts as 0
+        zero = torch.zeros_like(params[name])
+        torch.testing.assert_close(grads[1].get(name, zero), grads[0].get(name, zero),
+                                   atol=1e-5, rtol=1e-4, msg=name)

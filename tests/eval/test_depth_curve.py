@@ -7,21 +7,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-import ponder.tasks
 from ponder.analysis.analyze import analyze_run
 from ponder.cli import main
-from ponder.eval.evaluate import load_run
-from ponder.tasks import IGNORE_INDEX, collate
 from ponder.train.config import load_config
 from ponder.train.trainer import train
+from tests.tiny_list_rank import direct_forward, tiny_config
 
-KNOBS = dict(m_min=2, m_max=4, ood_m_min=5, ood_m_max=6, n_labels=8)
-TINY = ["task.name=list_rank", *[f"task.knobs.{k}={v}" for k, v in KNOBS.items()],
-        "model.positions=none", "model.d_model=16", "model.n_heads=2", "model.d_ff=32",
-        "model.max_steps=3", "policy.name=fixed", "run.batch_size=8", "run.valid_batches=1",
-        "run.steps=30", "run.ckpt_every=30", "run.eval_every=30", "schedule.warmup=2", "optim.lr=3e-3"]
+TINY = tiny_config(30)
 N = 20
 
 
@@ -33,17 +26,6 @@ def run_dir(tmp_path_factory):
     return out
 
 
-def direct_accuracy(run_dir, split, steps):
-    run = load_run(run_dir)
-    task = ponder.tasks.get("list_rank", **KNOBS)
-    batch = collate([task.example(split, i) for i in range(N)], run.vocab)
-    with torch.no_grad():
-        out = run.model(batch.tokens, batch.mask, steps=steps)
-    scored = batch.targets != IGNORE_INDEX
-    correct = (out.logits.argmax(-1) == batch.targets) & scored
-    return int(correct.sum()) / int(scored.sum()), out.steps[scored].double().mean().item()
-
-
 def test_each_point_is_a_forward_at_that_depth(run_dir):
     curve = json.loads((run_dir / "eval" / "depth_curve.json").read_text())
     assert curve["trained_max_steps"] == 3 and curve["n"] == N
@@ -51,7 +33,7 @@ def test_each_point_is_a_forward_at_that_depth(run_dir):
         rows = curve["splits"][split]
         assert [r["steps"] for r in rows] == [1, 2, 3, 4, 5, 6]  # beyond the trained N = 3 too
         for r in rows:
-            acc, steps = direct_accuracy(run_dir, split, r["steps"])
+            acc, steps = direct_forward(run_dir, split, r["steps"], N)
             assert r["token_acc"] == pytest.approx(acc, abs=1e-12)
             assert r["mean_steps"] == pytest.approx(steps) == r["steps"]  # fixed: every token runs d
         plain = json.loads((run_dir / "eval" / f"{split}.json").read_text())

@@ -15,20 +15,15 @@ import json
 import pytest
 import torch
 
-import ponder.tasks
 from ponder.analysis.analyze import analyze_run
 from ponder.cli import main
 from ponder.eval.evaluate import load_run, parse_policy
-from ponder.tasks import IGNORE_INDEX, collate
 from ponder.train.config import PolicyConfig, load_config
 from ponder.train.rundir import read_run_config
 from ponder.train.trainer import train
+from tests.tiny_list_rank import direct_forward, tiny_config
 
-KNOBS = dict(m_min=2, m_max=4, ood_m_min=5, ood_m_max=6, n_labels=8)
-TINY = ["task.name=list_rank", *[f"task.knobs.{k}={v}" for k, v in KNOBS.items()],
-        "model.positions=none", "model.d_model=16", "model.n_heads=2", "model.d_ff=32",
-        "model.max_steps=3", "policy.name=fixed", "run.batch_size=8", "run.valid_batches=1",
-        "run.steps=10", "run.ckpt_every=10", "run.eval_every=10", "schedule.warmup=2", "optim.lr=3e-3"]
+TINY = tiny_config(10)
 N = 20
 
 
@@ -38,17 +33,6 @@ def run_dir(tmp_path_factory):
     train(load_config(None, TINY), out, progress="none")
     assert main(["eval", str(out), "--n", str(N)]) == 0
     return out
-
-
-def direct(run_dir, split, steps):
-    """Token accuracy of the trained (fixed) model's plain forward at ``steps`` loops."""
-    run = load_run(run_dir)
-    task = ponder.tasks.get("list_rank", **KNOBS)
-    batch = collate([task.example(split, i) for i in range(N)], run.vocab)
-    with torch.no_grad():
-        out = run.model(batch.tokens, batch.mask, steps=steps)
-    scored = batch.targets != IGNORE_INDEX
-    return int(((out.logits.argmax(-1) == batch.targets) & scored).sum()) / int(scored.sum())
 
 
 def summary(path, split):
@@ -67,7 +51,7 @@ def test_extreme_rules_equal_the_forward_at_that_depth(run_dir, tmp_path, spec, 
     for split in ("valid", "ood"):
         s = summary(out, split)
         assert s["mean_steps"] == pytest.approx(steps)
-        assert s["token_acc"] == pytest.approx(direct(run_dir, split, depth), abs=1e-12)
+        assert s["token_acc"] == pytest.approx(direct_forward(run_dir, split, depth, N)[0], abs=1e-12)
     cfg = read_run_config(out)
     assert cfg.policy == parse_policy(spec)
     source = json.loads((out / "source.json").read_text())

@@ -37,25 +37,31 @@ def test_mutual_information_known_cases():
     assert mutual_information(c, c)[0] == pytest.approx(h)
 
 
-def test_the_model_reports_each_tokens_expert():
-    """The recorded expert is the core's last first choice (the readout's coda does not
-    overwrite it): checked against the router of the core block on the token's state."""
+def core_ffn_inputs(ffn_kind: KindConfig):
+    """A one-step model with the FFN kind in its core block, run on a padded batch →
+    (the core block's FFN, its input rows [B·L, D], the model's recorded experts [B, L], mask)."""
     cfg = ModelConfig(d_model=16, n_heads=2, d_ff=32, prelude=0, coda=1, max_steps=1, positions="none",
-                      execution="dense", ffn=KindConfig(kind="topk", knobs={"capacity_factor": 0.0}))
+                      execution="dense", ffn=ffn_kind)
     torch.manual_seed(0)
     model = models.build(cfg, ScriptedPolicy(steps=1), vocab_size=9).eval()
     tokens = torch.randint(0, 9, (2, 5))
     mask = torch.ones(2, 5, dtype=torch.bool)
     mask[1, 3:] = False
     seen = {}
-    block = model.core.blocks[0]
-    hook = block.ffn.register_forward_hook(lambda m, args, out: seen.setdefault("x", args[0]))
+    ffn = model.core.blocks[0].ffn
+    hook = ffn.register_forward_hook(lambda m, args, out: seen.setdefault("x", args[0]))
     with torch.no_grad():
-        out = model(tokens, mask)
+        expert = model(tokens, mask).extras["expert"]
     hook.remove()
-    expert = out.extras["expert"]
+    return ffn, seen["x"], expert, mask
+
+
+def test_the_model_reports_each_tokens_expert():
+    """The recorded expert is the core's last first choice (the readout's coda does not
+    overwrite it): checked against the router of the core block on the token's state."""
+    ffn, x, expert, mask = core_ffn_inputs(KindConfig(kind="topk", knobs={"capacity_factor": 0.0}))
     assert expert.shape == (2, 5)
-    first = (seen["x"] @ block.ffn.router.weight.t()).argmax(-1).view(2, 5)
+    first = (x @ ffn.router.weight.t()).argmax(-1).view(2, 5)
     assert torch.equal(expert[mask], first[mask])
     assert bool((expert[~mask] == -1).all())
 
@@ -88,21 +94,8 @@ def test_records_analysis_and_report_show_the_experts(run_dir, tmp_path):
 
 def test_fff_records_its_inference_leaf_as_the_expert():
     """fff: the recorded expert is the leaf the hard descent reaches in the core block."""
-    cfg = ModelConfig(d_model=16, n_heads=2, d_ff=32, prelude=0, coda=1, max_steps=1, positions="none",
-                      execution="dense", ffn=KindConfig(kind="fff", knobs={"depth": 2}))
-    torch.manual_seed(0)
-    model = models.build(cfg, ScriptedPolicy(steps=1), vocab_size=9).eval()
-    tokens = torch.randint(0, 9, (2, 5))
-    mask = torch.ones(2, 5, dtype=torch.bool)
-    mask[1, 3:] = False
-    seen = {}
-    ffn = model.core.blocks[0].ffn
-    hook = ffn.register_forward_hook(lambda m, args, out: seen.setdefault("x", args[0]))
-    with torch.no_grad():
-        expert = model(tokens, mask).extras["expert"]
-    hook.remove()
+    ffn, x, expert, mask = core_ffn_inputs(KindConfig(kind="fff", knobs={"depth": 2}))
     # the leaf by the definition: right at node n iff w_n·x + b_n > 0, heap children 2n+1, 2n+2
-    x = seen["x"]
     for r in range(10):
         if not mask.view(-1)[r]:
             assert int(expert.view(-1)[r]) == -1

@@ -5,7 +5,6 @@ routed keys and MoR's active keys included); the ``ndr.yaml`` preset trains."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -19,7 +18,7 @@ from ponder.errors import ConfigError
 from ponder.models.config import KindConfig, ModelConfig, RouterConfig
 from ponder.models.layers import COPY_GATE_BIAS, AttnContext
 from ponder.policies.scripted import ScriptedPolicy
-from tests.batches import assert_same_gradients, padded_batch
+from tests.batches import assert_compact_equals_dense, assert_same_gradients, padded_batch
 from tests.references import slow_block
 
 V, N = 11, 4
@@ -124,26 +123,7 @@ def test_compact_equals_dense(attention, residual, router, policy, causal):
 
     pol = None if policy == "scripted" else get_policy(policy)
     dense = model_for(attention=attention, residual=residual, router=router, causal=causal, policy=pol)
-    comp = copy.deepcopy(dense)
-    comp.cfg = dataclasses.replace(dense.cfg, execution="compact")
-    tokens, mask, targets = padded_batch(vocab=V, seed=2)
-    dense.eval(), comp.eval()
-    with torch.no_grad():
-        a, b = dense(tokens, mask), comp(tokens, mask)
-    assert torch.equal(a.steps, b.steps)
-    torch.testing.assert_close(b.logits[mask], a.logits[mask], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(b.flops, a.flops)
-    dense.train(), comp.train()
-    grads = []
-    for model in (dense, comp):
-        loss, _ = model.loss(model(tokens, mask), targets)
-        loss.backward()
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
-    params = dict(dense.named_parameters())
-    for name in grads[0].keys() | grads[1].keys():
-        zero = torch.zeros_like(params[name])
-        torch.testing.assert_close(grads[1].get(name, zero), grads[0].get(name, zero),
-                                   atol=1e-5, rtol=1e-4, msg=name)
+    assert_compact_equals_dense(dense, *padded_batch(vocab=V, seed=2))
 
 
 def test_flops_count_the_gate_and_the_direction_biases():

@@ -8,7 +8,6 @@ that cannot run peri refused with one line. And SUT's mutual-information loss (`
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 
 import pytest
@@ -22,8 +21,7 @@ from ponder.models.experts.routing import mutual_information
 from ponder.models.kinds import ATTENTIONS, FFNS
 from ponder.models.layers import AttnContext, Block, BlockSpec
 from ponder.policies.scripted import ScriptedPolicy
-from ponder.tasks.batching import IGNORE_INDEX
-from tests.batches import assert_same_gradients
+from tests.batches import assert_compact_equals_dense, assert_same_gradients, padded_batch
 
 B, L, D, H, E, K = 2, 5, 8, 2, 3, 2
 
@@ -119,26 +117,7 @@ def build(ffn: str, attn: str, execution: str, *, kind: str = "recurrent"):
 @pytest.mark.parametrize("ffn,attn", [("dense", "standard"), ("sigma_moe", "switchhead"), ("topk", "moa")])
 def test_peri_compact_equals_dense(ffn, attn):
     dense = build(ffn, attn, "dense")
-    comp = copy.deepcopy(dense)
-    comp.cfg = dataclasses.replace(dense.cfg, execution="compact")
-    g = torch.Generator().manual_seed(1)
-    tokens = torch.randint(0, 11, (4, 9), generator=g)
-    mask = torch.ones(4, 9, dtype=torch.bool)
-    mask[1, 6:] = False
-    targets = torch.randint(0, 11, (4, 9), generator=g).masked_fill(~mask, IGNORE_INDEX)
-    dense.eval(), comp.eval()
-    with torch.no_grad():
-        a, b = dense(tokens, mask), comp(tokens, mask)
-    torch.testing.assert_close(b.logits[mask], a.logits[mask], atol=1e-5, rtol=1e-5)
-    dense.train(), comp.train()
-    grads = []
-    for model in (dense, comp):
-        loss, _ = model.loss(model(tokens, mask), targets)
-        loss.backward()
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1].get(name, torch.zeros_like(grads[0][name])), grads[0][name],
-                                   atol=1e-5, rtol=1e-4, msg=name)
+    assert_compact_equals_dense(dense, *padded_batch(vocab=11, seed=1))
 
 
 def test_kinds_without_peri_are_refused():

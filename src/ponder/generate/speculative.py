@@ -143,36 +143,30 @@ class _TwoModels:
         self.d_pending = ds[keep:n] + [y]
 
 
-class _SelfDraft:
-    """One model, one cache: the draft is steps 1..E (own coda slots), the verifier E+1..N.
+class LayerExitDraft:
+    """The draft/verify rounds of self-speculation through one model and one cache: the draft
+    is the model's first E steps (layers), the verifier the rest, run from the draft's depth-E
+    states. A round opens the pending token's column and one column per draft token except
+    an EOS draft (nothing after it is ever read) at depth E, then deepens all of them at once.
 
-    A round opens the pending token's column and one column per draft token except an EOS
-    draft (nothing after it is ever read) at depth E, then deepens all of them at once."""
+    Subclasses open columns (``_open``), deepen the opened ones (``_deepen``), count the
+    columns in the cache (``_columns``) and cut the rejected ones (``settle``)."""
 
-    def __init__(self, model: nn.Module, exit_step: int, capacity: int) -> None:
-        N = model.cfg.max_steps
-        if not 1 <= exit_step <= N:
-            raise ConfigError(f"exit_step={exit_step} must lie in 1..{N}")
-        self.E = exit_step
-        self.dec = Decoder(model, batch=1, capacity=capacity, count_flops=False)
-        self.device = self.dec.device
-        self.pending: list[int] = []
-        self.deep: list[tuple[int, torch.Tensor]] = []   # (first column, step-E states [1, T, D])
-        self.c0 = 0  # the round's first column (the pending token's)
+    E: int
+    pending: list[int]
+    c0: int   # the round's first column (the pending token's)
 
     def _open(self, ids: list[int], head: bool = True) -> Optional[torch.Tensor]:
         """Columns of ``ids`` at depth E → the draft's logits [V] after the last of them
         (None with ``head=False``: the draft's prediction there is not needed)."""
-        ch = self.dec.extend(torch.tensor([ids], device=self.device), depth=self.E,
-                             coda="draft", head=head)
-        self.deep.append((ch.c0, ch.h))
-        return ch.logits[0, -1] if head else None
+        raise NotImplementedError
 
     def _deepen(self) -> torch.Tensor:
-        c0 = self.deep[0][0]
-        h = self.deep[0][1] if len(self.deep) == 1 else torch.cat([h for _, h in self.deep], 1)
-        self.deep = []
-        return self.dec.deepen(h, c0, first=self.E + 1).logits[0]
+        """The rest of the model over every column opened since the last call → logits [T, V]."""
+        raise NotImplementedError
+
+    def _columns(self) -> int:
+        raise NotImplementedError
 
     def prefill(self, prompt: list[int], stats: SpecStats) -> torch.Tensor:
         self._open(prompt, head=False)  # the first token is the full model's
@@ -185,7 +179,7 @@ class _SelfDraft:
 
     def draft(self, kk: int, sampling: Sampling, gen, stats: SpecStats, stop: float = 0.0,
               eos: Optional[int] = None):
-        self.c0 = self.dec.cache.columns
+        self.c0 = self._columns()
         # the verifier needs the pending column's step-E states; its draft logits only
         # when there is something to draft
         logits = self._open(self.pending, head=kk > 0)
@@ -208,6 +202,36 @@ class _SelfDraft:
         """→ [len(ds) + 1, V], or [len(ds), V] after an EOS draft (no column after it)."""
         stats.target_forwards += 1
         return self._deepen()
+
+
+class _SelfDraft(LayerExitDraft):
+    """ponder's recurrent model: the draft is steps 1..E (own coda slots), the verifier E+1..N."""
+
+    def __init__(self, model: nn.Module, exit_step: int, capacity: int) -> None:
+        N = model.cfg.max_steps
+        if not 1 <= exit_step <= N:
+            raise ConfigError(f"exit_step={exit_step} must lie in 1..{N}")
+        self.E = exit_step
+        self.dec = Decoder(model, batch=1, capacity=capacity, count_flops=False)
+        self.device = self.dec.device
+        self.pending: list[int] = []
+        self.deep: list[tuple[int, torch.Tensor]] = []   # (first column, step-E states [1, T, D])
+        self.c0 = 0  # the round's first column (the pending token's)
+
+    def _open(self, ids: list[int], head: bool = True) -> Optional[torch.Tensor]:
+        ch = self.dec.extend(torch.tensor([ids], device=self.device), depth=self.E,
+                             coda="draft", head=head)
+        self.deep.append((ch.c0, ch.h))
+        return ch.logits[0, -1] if head else None
+
+    def _deepen(self) -> torch.Tensor:
+        c0 = self.deep[0][0]
+        h = self.deep[0][1] if len(self.deep) == 1 else torch.cat([h for _, h in self.deep], 1)
+        self.deep = []
+        return self.dec.deepen(h, c0, first=self.E + 1).logits[0]
+
+    def _columns(self) -> int:
+        return self.dec.cache.columns
 
     def settle(self, ds: list[int], n: int, y: int) -> None:
         self.dec.cache.truncate(self.c0 + 1 + n)  # the pending token and the accepted drafts

@@ -26,15 +26,15 @@ import torch
 from torch import nn
 
 from ponder.errors import ConfigError
-from ponder.generate.metrics import SpecStats
 from ponder.generate.sampling import Sampling
-from ponder.generate.speculative import SpecResult, _propose, _unsure, run_rounds
+from ponder.generate.speculative import LayerExitDraft, SpecResult, run_rounds
 from ponder.hf import glue
 from ponder.hf.stack import LayerStack, crop
 
 
-class HFSelfDraft:
-    """The draft/verify pieces :func:`run_rounds` drives, over one sequence.
+class HFSelfDraft(LayerExitDraft):
+    """The draft/verify pieces :func:`run_rounds` drives, over one sequence, on a Hugging Face
+    decoder stack: the draft is layers 1..E, the verifier layers E+1..L.
 
     ``columns``: tokens opened in the cache (layers < E hold all of them; layers ≥ E hold
     those verified so far); ``deep``: the layer-E states [1, T, D] of the columns not yet
@@ -47,57 +47,30 @@ class HFSelfDraft:
         self.s, self.E = stack, exit_layer
         self.cache = stack.new_cache()
         self.columns = 0
+        self.c0 = 0
         self.pending: list[int] = []
         self.deep: list[tuple[int, torch.Tensor]] = []
 
-    def _open(self, ids: list[int]) -> torch.Tensor:
-        """Layers 1..E of new columns → the draft's logits [V] after the last of them."""
+    def _open(self, ids: list[int], head: bool = True) -> Optional[torch.Tensor]:
         P = self.columns
         h = self.s.run(torch.tensor([ids], device=self.s.device), P=P, cache=self.cache, last=self.E)
         self.deep.append((P, h))
         self.columns += len(ids)
-        return self.s.readout(h[:, -1:])[0, -1]
+        return self.s.readout(h[:, -1:])[0, -1] if head else None
 
     def _deepen(self) -> torch.Tensor:
-        """Layers E+1..L of every column opened since the last call → logits [T, V]."""
         P0 = self.deep[0][0]
         h = torch.cat([h for _, h in self.deep], 1)
         self.deep = []
         h = self.s.run(None, P=P0, cache=self.cache, first=self.E, h=h)
         return self.s.readout(h)[0]
 
-    def prefill(self, prompt: list[int], stats: SpecStats) -> torch.Tensor:
-        self._open(prompt)
-        stats.draft_forwards += 1
-        stats.target_forwards += 1
-        return self._deepen()[-1]
-
-    def first(self, y: int) -> None:
-        self.pending = [y]
-
-    def draft(self, kk: int, sampling: Sampling, gen, stats: SpecStats, stop: float = 0.0,
-              eos: Optional[int] = None):
-        """Up to ``kk`` drafts from layer E. An EOS draft is opened like any other (so the
-        verifier always returns len(ds) + 1 rows); ``eos`` is taken for the loop's interface."""
-        logits = self._open(self.pending)  # the verifier needs these columns' layer-E states
-        stats.draft_forwards += 1
-        self.pending = []
-        ds: list[int] = []
-        qs: list[torch.Tensor] = []
-        for i in range(kk):
-            if i and _unsure(logits, stop):
-                break
-            ds.append(_propose(logits, sampling, gen, qs))
-            logits = self._open([ds[-1]])  # the last draft is opened too: p_{k+1} follows it
-            stats.draft_forwards += 1
-        return ds, qs
-
-    def verify(self, ds: list[int], stats: SpecStats) -> torch.Tensor:
-        stats.target_forwards += 1
-        return self._deepen()[-(len(ds) + 1):]
+    def _columns(self) -> int:
+        return self.columns
 
     def settle(self, ds: list[int], n: int, y: int) -> None:
-        self.columns = self.columns - len(ds) + n
+        # the pending token and the accepted drafts (an accepted EOS draft was never opened)
+        self.columns = min(self.c0 + 1 + n, self.columns)
         crop(self.cache, self.columns)
         self.pending = [y]
 
