@@ -73,6 +73,32 @@ def slow_geometric_head(q, kvs: dict, i: int, beta, normalize: bool):
     return out
 
 
+def slow_soft_top_k(s: list, k: float, kn) -> list:
+    """CoLT5's soft top-k (``ponder.models.colt5.soft_top_k``): the coordinate descent on one
+    sequence's scores, scalar by scalar; ``kn`` the routing knobs."""
+    e = max(kn.eps_init, kn.eps)
+    b = [-max(x, 0.0) for x in s]
+    a = 0.0
+    for _ in range(kn.iters):
+        a = e * (math.log(k) - torch.logsumexp(torch.stack([(si + bi) / e for si, bi in zip(s, b)]), 0))
+        b = [-torch.relu(si + a) for si in s]
+        e = max(e * kn.eps_decay, kn.eps)
+    return [torch.exp((si + a + bi) / e) for si, bi in zip(s, b)]
+
+
+def slow_route(scores: list, kn) -> dict:
+    """CoLT5's routing of one sequence (``ponder.models.colt5.soft_route``) by the
+    definition: scores [n] scalars → {index: multiplier} for the k = ⌈capacity·n⌉ best (ties:
+    the earlier first); the multiplier is the soft top-k score run for k·fetch_ratio tokens,
+    straight through (1 forward, its gradient backward) when ``kn.straight_through``."""
+    n = len(scores)
+    k = max(1, math.ceil(round(kn.capacity * n, 9)))
+    fetch = min(math.ceil(round(k * kn.fetch_ratio, 9)), n)
+    z = slow_soft_top_k(scores, fetch, kn)
+    best = sorted(range(n), key=lambda j: (-float(scores[j].detach()), j))[:k]
+    return {j: z[j] - z[j].detach() + 1.0 if kn.straight_through else z[j] for j in best}
+
+
 def train_killed_at(cfg, run_dir, monkeypatch, *, call: int) -> None:
     """Run ``ponder.train.train`` and kill it (KeyboardInterrupt) at its ``call``-th training
     step, as a user's Ctrl-C would; the trainer's step is restored afterwards."""

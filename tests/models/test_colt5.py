@@ -4,8 +4,6 @@ forward and gradients; the soft top-k's limits; refused by a causal model."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,18 +14,7 @@ from ponder.models.colt5 import CoLT5FFN, CoLT5Knobs, soft_top_k
 from ponder.models.config import KindConfig, ModelConfig
 from ponder.models.layers import AttnContext
 from ponder.policies.fixed import Fixed
-
-
-def slow_soft_top_k(s: list, k: float, kn: CoLT5Knobs) -> list:
-    """The coordinate descent on one sequence's scores, scalar by scalar."""
-    e = max(kn.eps_init, kn.eps)
-    b = [-max(x, 0.0) for x in s]
-    a = 0.0
-    for _ in range(kn.iters):
-        a = e * (math.log(k) - torch.logsumexp(torch.stack([(si + bi) / e for si, bi in zip(s, b)]), 0))
-        b = [-torch.relu(si + a) for si in s]
-        e = max(e * kn.eps_decay, kn.eps)
-    return [torch.exp((si + a + bi) / e) for si, bi in zip(s, b)]
+from tests.references import slow_route
 
 
 @pytest.mark.parametrize("straight", [True, False])
@@ -60,13 +47,8 @@ def test_colt5_ffn_equals_per_sequence_loop(subset, straight):
         mine = [r for r in range(R) if int(flat[r]) // L == b and enter.view(-1)[flat[r]]]
         if not mine:
             continue
-        k = max(1, math.ceil(round(kn.capacity * len(mine), 9)))
-        fetch = min(math.ceil(round(k * kn.fetch_ratio, 9)), len(mine))
-        z = slow_soft_top_k([score[r] for r in mine], fetch, kn)
-        best = sorted(range(len(mine)), key=lambda j: (-float(score[mine[j]].detach()), j))[:k]
-        for j in best:
-            m = z[j]
-            heavy_mult[mine[j]] = m - m.detach() + 1.0 if straight else m
+        for j, m in slow_route([score[r] for r in mine], kn).items():
+            heavy_mult[mine[j]] = m
     for r in range(R):
         y = ffn.light_down(F.gelu(ffn.light_up(x[r])))
         if r in heavy_mult:

@@ -70,7 +70,8 @@ register_model("stacked", build_stacked)
 from ponder.models import fff, geometric, moa, sharcs, structured, switchhead  # noqa: E402,F401
 import ponder.models.experts  # noqa: E402,F401  (registers the routed mixture-of-experts FFN kinds)
 
-for _optional in ("ponder.models.adatape", "ponder.models.routers", "ponder.models.colt5"):
+for _optional in ("ponder.models.adatape", "ponder.models.routers", "ponder.models.colt5",
+                  "ponder.models.colt5_attention"):
     try:
         importlib.import_module(_optional)
     except ModuleNotFoundError as _exc:

@@ -12,9 +12,9 @@ highest score take the heavy branch, scaled by their soft score s̃ — through 
 straight-through estimator by default (forward 1, backward ∂s̃), as in the public code.
 
 The heavy branch's hidden width is the model's ``d_ff``; the light one's ``light_ratio·d_ff``
-(CoLT5: light ½·d_model, heavy 4·d_model, i.e. ⅛ of the heavy width). Only CoLT5's FFN is
-here: its light local / heavy routed attention does not fit the row-level attention contract
-(queries, keys/values and output of rows; one dispatcher) and is not built.
+(CoLT5: light ½·d_model, heavy 4·d_model, i.e. ⅛ of the heavy width). CoLT5's light local /
+heavy routed attention is the attention kind ``colt5`` (:mod:`ponder.models.colt5_attention`);
+both route with :func:`soft_route`.
 
 Which rows route: the rows that really enter the block (``ctx.row_weight``), so dense and
 compacted execution pick the same tokens. Top-k over the sequence reads every position:
@@ -38,16 +38,22 @@ from ponder.tasks.base import knob
 
 
 @dataclass(frozen=True)
-class CoLT5Knobs:
+class SoftRouteKnobs:
+    """The knobs of CoLT5's routing (shared by the FFN and the attention kind)."""
+
     capacity: float = knob(0.125, lo=0.001, hi=1.0,
-                           help="fraction of each sequence's tokens through the heavy FFN")
-    light_ratio: float = knob(0.125, lo=0.001, hi=4.0, help="light FFN width / d_ff")
+                           help="fraction of each sequence's tokens routed to the heavy branch")
     iters: int = knob(20, lo=1, hi=1000, help="coordinate-descent iterations of the soft top-k")
     eps: float = knob(0.03, lo=1e-4, hi=100.0, help="final entropy weight ε of the soft top-k")
     eps_init: float = knob(4.0, lo=1e-4, hi=100.0, help="initial ε (annealed down to eps)")
     eps_decay: float = knob(0.7, lo=0.01, hi=1.0, help="ε ← max(ε·eps_decay, eps) per iteration")
     fetch_ratio: float = knob(1.125, lo=1.0, hi=8.0, help="the soft top-k runs for k·fetch_ratio tokens")
     straight_through: bool = knob(True, help="scale the heavy output by 1 forward, ∂s̃ backward")
+
+
+@dataclass(frozen=True)
+class CoLT5Knobs(SoftRouteKnobs):
+    light_ratio: float = knob(0.125, lo=0.001, hi=4.0, help="light FFN width / d_ff")
 
 
 def soft_top_k(s: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, *, iters: int, eps: float,
@@ -71,6 +77,22 @@ def soft_top_k(s: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, *, iters: 
         b = -F.relu(s + a)
         e = max(e * eps_decay, eps)
     return torch.exp((s + a + b) / e).masked_fill(~valid, 0.0)
+
+
+def soft_route(score: torch.Tensor, valid: torch.Tensor,
+               knobs: SoftRouteKnobs) -> tuple[torch.Tensor, torch.Tensor]:
+    """CoLT5's routing of one score per token: score [B, L], valid [B, L] bool (the
+    candidates) → (chosen [B, L] bool: per sequence the ``k = ⌈capacity·n⌉`` candidates of
+    highest score, ties to the earlier position; mult [B, L]: the soft top-k score s̃, run for
+    ``k·fetch_ratio`` tokens — straight through, 1 forward and ∂s̃ backward, by default)."""
+    n = valid.sum(1)
+    k = capacity_k(knobs.capacity, n)
+    fetch = torch.minimum(torch.ceil(k.to(torch.float64) * knobs.fetch_ratio - 1e-9).long(), n)
+    z = soft_top_k(score, valid, fetch, iters=knobs.iters, eps=knobs.eps,
+                   eps_init=knobs.eps_init, eps_decay=knobs.eps_decay)
+    if knobs.straight_through:
+        z = z - z.detach() + 1.0
+    return top_k_mask(score, valid, k), z
 
 
 @FFNS.register
@@ -107,16 +129,10 @@ class CoLT5FFN(FFN):
             enter = torch.ones(R, dtype=torch.bool, device=x.device)
         grid_s = s.new_zeros(B * L).index_copy(0, where, s).view(B, L)
         valid = torch.zeros(B * L, dtype=torch.bool, device=x.device).index_copy(0, where, enter).view(B, L)
-        n = valid.sum(1)
-        k = capacity_k(self.knobs.capacity, n)
-        fetch = torch.minimum(torch.ceil(k.to(torch.float64) * self.knobs.fetch_ratio - 1e-9).long(), n)
-        z = soft_top_k(grid_s, valid, fetch, iters=self.knobs.iters, eps=self.knobs.eps,
-                       eps_init=self.knobs.eps_init, eps_decay=self.knobs.eps_decay)
-        chosen = top_k_mask(grid_s, valid, k).view(-1).index_select(0, where)
+        chosen, z = soft_route(grid_s, valid, self.knobs)
+        chosen = chosen.view(-1).index_select(0, where)
         idx = chosen.nonzero().view(-1)
         mult = z.view(-1).index_select(0, where.index_select(0, idx))
-        if self.knobs.straight_through:
-            mult = mult - mult.detach() + 1.0
         return idx, mult
 
     def forward(self, x: torch.Tensor, ctx: Optional[AttnContext] = None,

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ponder.models.kinds import ATTENTIONS
-from ponder.models.layers import Attention, AttnContext
+from ponder.models.layers import Attention
 from ponder.tasks.base import knob
 
 
@@ -141,21 +141,6 @@ class GeometricAttention(Attention):
         hd = k.shape[-1]
         return geometric_attention(q[..., :hd], k, v, q[..., hd:], allowed=allowed,
                                    normalize=self.normalize, dropout=p)
-
-    def forward(self, y: torch.Tensor, ctx: AttnContext, y_kv: Optional[torch.Tensor] = None,
-                x_v: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Reference: y [B, L, D] (normed) → [B, L, D]; keys/values from ``y_kv`` when given."""
-        B, L, D = y.shape
-        H, hd = self.n_heads, self.head_dim
-        rows = y.reshape(B * L, D)
-        rope = ctx.rope_rows(ctx.positions(B * L))
-        q = self.queries(rows, rope).view(B, L, H, hd + 2).transpose(1, 2)
-        kv_rows = rows if y_kv is None else y_kv.reshape(B * L, D)
-        kv = self.keys_values(kv_rows, rope).view(B, L, 2, H, hd)
-        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
-        p = self.dropout if self.training else 0.0
-        a = self.attend_grid(q, k, v, ctx.attn_mask, p)
-        return self.out(a.transpose(1, 2).reshape(B * L, D)).view(B, L, D)
 
     def flops_per_token(self, n_keys: torch.Tensor | float) -> torch.Tensor | float:
         D, H = self.n_heads * self.head_dim, self.n_heads

@@ -265,12 +265,13 @@ class AttentionKind(nn.Module):
                 y_kv: Optional[torch.Tensor] = None, x_v: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Reference: y [B, L, D] (normed) → [B, L, D], every token a query; keys/values from
         ``y_kv`` [B, L, D] (normed) when given, else from y; the values from the raw ``x_v``
-        [B, L, D] when given (peri-layernorm)."""
+        [B, L, D] when given (peri-layernorm). Softmax attention, or the kind's
+        ``attend_grid`` when its weights are not a softmax."""
         B, L, D = y.shape
         H, hd = self.n_heads, self.head_dim
         rows = y.reshape(B * L, D)
         rope = ctx.rope_rows(ctx.positions(B * L))
-        q = self.queries(rows, rope).view(B, L, H, hd).transpose(1, 2)
+        q = self.queries(rows, rope).view(B, L, H, -1).transpose(1, 2)   # hd + extras
         kv_rows = rows if y_kv is None else y_kv.reshape(B * L, D)
         if x_v is None:
             kv = self.keys_values(kv_rows, rope)
@@ -279,7 +280,10 @@ class AttentionKind(nn.Module):
         kv = kv.view(B, L, 2, H, hd)
         k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
         p = self.dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask, dropout_p=p)
+        if self.weights == "softmax":
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask, dropout_p=p)
+        else:  # the kind's own rule, every query at its own position
+            a = self.attend_grid(q, k, v, ctx.attn_mask, p)
         return self.out_rows(a.transpose(1, 2).reshape(B * L, D), rows, ctx).view(B, L, D)
 
 
