@@ -11,6 +11,8 @@ count the blocks a token entered with the keys it saw, so they also grow with th
 example's length; "within" divides each token's FLOPs by its example's mean first (what
 routing and halting decide inside an example). Steps: core applications. The second table
 is the mean FLOPs per token per complexity level (valid), relative to the first run.
+``--acc`` adds a third: token accuracy per complexity level, valid and ood (``valid / ood``;
+"—" where a split has no token of that level).
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ def load(run: Path, split: str) -> pd.DataFrame:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--acc", action="store_true", help="also accuracy per complexity level")
     args = parser.parse_args()
-    rows, levels = [], {}
+    rows, levels, accs = [], {}, {}
     base = None
     for run in args.runs:
         valid, ood = load(run, "valid"), load(run, "ood")
@@ -53,6 +56,8 @@ def main() -> int:
                     f"{rho(np.round(within, 9), c)} | "
                     f"{rho(valid['steps'].to_numpy(), c)} | {result['step']} | {result['train_s']:.0f} |")
         levels[run.name] = valid.groupby("complexity")["flops"].mean() / base
+        accs[run.name] = (valid.groupby("complexity")["correct"].mean(),
+                          ood.groupby("complexity")["correct"].mean())
     print("| run | valid acc | ood acc | mean steps (valid) | FLOPs/token vs first | "
           "ρ(FLOPs, complexity) | ρ within examples | ρ(steps, complexity) | steps trained | "
           "train s |")
@@ -63,6 +68,13 @@ def main() -> int:
     print("|---|" + "---:|" * len(table.columns))
     for name, row in table.iterrows():
         print(f"| {name} | " + " | ".join("—" if np.isnan(v) else f"{v:.2f}" for v in row) + " |")
+    if args.acc:
+        cells = lambda acc, c: f"{acc[c]:.2f}" if c in acc.index else "—"
+        levels_all = sorted({int(c) for v, o in accs.values() for c in [*v.index, *o.index]})
+        print("\n| run | " + " | ".join(str(c) for c in levels_all) + " |")
+        print("|---|" + "---:|" * len(levels_all))
+        for name, (v, o) in accs.items():
+            print(f"| {name} | " + " | ".join(f"{cells(v, c)} / {cells(o, c)}" for c in levels_all) + " |")
     return 0
 
 
