@@ -28,9 +28,10 @@ def assert_rows_subset_matches(ffn, x, make_context) -> None:
     full = ffn(x, full_ctx, None)
     sub = ffn(x.index_select(0, rows), sub_ctx, rows)
     torch.testing.assert_close(sub, full.index_select(0, rows), atol=1e-12, rtol=1e-12)
-    assert full_ctx.aux.keys() == sub_ctx.aux.keys()
-    for k in full_ctx.aux:
-        torch.testing.assert_close(sub_ctx.aux[k], full_ctx.aux[k], atol=1e-12, rtol=1e-12)
+    full_aux, sub_aux = full_ctx.aux_terms(), sub_ctx.aux_terms()
+    assert full_aux.keys() == sub_aux.keys()
+    for k in full_aux:
+        torch.testing.assert_close(sub_aux[k], full_aux[k], atol=1e-12, rtol=1e-12)
 
 
 def assert_same_gradients(loss, loss_ref, module, x, *, atol=1e-10, rtol=1e-8) -> dict:

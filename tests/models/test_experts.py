@@ -201,6 +201,7 @@ def test_kind_equals_its_reference(kind, knobs, compact):
 
 
 @pytest.mark.parametrize("kind,knobs", [("switch", {"capacity_factor": 0.6}), ("topk", {"k": 3, "capacity_factor": 0.5}),
+                                        ("topk", {"k": 2, "mi": 0.1}),
                                         ("expert_choice", {"capacity": 0.7}), ("soft_moe", {})])
 def test_aux_terms_and_flops_equal_in_dense_and_compact(kind, knobs):
     ffn = make(kind, **knobs)
@@ -210,9 +211,10 @@ def test_aux_terms_and_flops_equal_in_dense_and_compact(kind, knobs):
         ctx.flops = torch.zeros(B, L, dtype=torch.float64)
     fast(ffn, x, ctx_d, enter, False)
     fast(ffn, x, ctx_c, enter, True)
-    assert ctx_d.aux.keys() == ctx_c.aux.keys()
-    for key in ctx_d.aux:
-        torch.testing.assert_close(ctx_c.aux[key], ctx_d.aux[key])
+    aux_d, aux_c = ctx_d.aux_terms(), ctx_c.aux_terms()
+    assert aux_d.keys() == aux_c.keys()
+    for key in aux_d:
+        torch.testing.assert_close(aux_c[key], aux_d[key])
     torch.testing.assert_close(ctx_c.flops, ctx_d.flops)
     assert not ctx_d.flops.view(-1)[~enter].any()  # nothing counted on rows not entering
 

@@ -3,7 +3,8 @@ and experts written from its rule (reference/mechanisms_next.md §18: queries, k
 selections read the norm, values and the FFN's experts the raw residual; float64, with pads,
 outputs and gradients); dense == compacted execution for the peri-capable kinds; the kinds
 that cannot run peri refused with one line. And SUT's mutual-information loss (``topk`` /
-``moa`` knob ``mi``) on a hand-computed case and against a per-token loop."""
+``moa`` knob ``mi``) on a hand-computed case and against a per-token loop, pooled over a
+module's calls (one term per module per forward, as SUT's ``acc_aux_loss``)."""
 
 from __future__ import annotations
 
@@ -162,7 +163,62 @@ def test_topk_and_moa_mi_loss_equal_a_per_token_loop():
     torch.manual_seed(0)
     ffn = FFNS.cls("topk")(d_model=D, d_ff=12, knobs=FFNS.knobs("topk", {"n_experts": 4, "mi": 0.1})).double()
     ffn(x, ctx)
-    assert abs(float(ctx.aux["topk_mi"].detach()) + 0.1 * loop_mi(ffn.router)) < 1e-12
+    assert abs(float(ctx.aux_terms()["topk_mi"].detach()) + 0.1 * loop_mi(ffn.router)) < 1e-12
     moa = ATTENTIONS.cls("moa")(d_model=D, n_heads=H, knobs=ATTENTIONS.knobs("moa", {"experts": 4, "mi": 0.3})).double()
     moa.out_rows(torch.randn(B * L, D, generator=g, dtype=torch.float64), x, ctx)
-    assert abs(float(ctx.aux["moa_mi"].detach()) + 0.3 * loop_mi(moa.router)) < 1e-12
+    assert abs(float(ctx.aux_terms()["moa_mi"].detach()) + 0.3 * loop_mi(moa.router)) < 1e-12
+
+
+def pooled_loop_mi(routers_and_rows) -> float:
+    """MI of one module's router over the rows of all its calls together, each row weighing
+    1 / all rows (SUT's ``get_aux_loss_and_clear``): a loop over rows."""
+    ps = [torch.softmax(router(v), 0).detach() for router, rows in routers_and_rows for v in rows]
+    ent = lambda p: -sum(float(a) * math.log(float(a)) for a in p)  # noqa: E731
+    mean = sum(ps) / len(ps)
+    return ent(mean) - sum(ent(p) for p in ps) / len(ps)
+
+
+@pytest.mark.parametrize("kind", ["topk", "moa"])
+def test_mi_loss_pools_the_calls_of_a_module(kind):
+    # a shared core applies one module N times per forward: SUT computes ONE MI over all the
+    # calls' rows (not N per-call MIs summed, which grows with N and outweighed the task);
+    # a second module (a prelude block) adds its own pooled term; gradients as the loop's
+    g = torch.Generator().manual_seed(5)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[1, 3:] = False
+    enter = mask.clone()
+    enter[0, 1] = False
+    torch.manual_seed(0)
+    if kind == "topk":
+        mods = [FFNS.cls("topk")(d_model=D, d_ff=12, knobs=FFNS.knobs("topk", {"n_experts": 4, "mi": 0.1})).double()
+                for _ in range(2)]
+    else:
+        mods = [ATTENTIONS.cls("moa")(d_model=D, n_heads=H,
+                                      knobs=ATTENTIONS.knobs("moa", {"experts": 4, "mi": 0.1})).double()
+                for _ in range(2)]
+    calls = [(mods[0], torch.randn(B * L, D, generator=g, dtype=torch.float64)) for _ in range(3)]
+    calls.append((mods[1], torch.randn(B * L, D, generator=g, dtype=torch.float64)))
+    ctx = AttnContext.build(mask, causal=False)
+    ctx.set_entering(enter)
+    for mod, x in calls:
+        if kind == "topk":
+            mod(x, ctx)
+        else:
+            mod.out_rows(torch.randn(B * L, D, generator=g, dtype=torch.float64), x, ctx)
+    rows = [r for r in range(B * L) if enter.view(-1)[r]]
+    name = f"{kind}_mi"
+    want = -0.1 * (pooled_loop_mi([(mods[0].router, [x[r] for r in rows]) for m, x in calls if m is mods[0]])
+                   + pooled_loop_mi([(mods[1].router, [x[r] for r in rows]) for m, x in calls if m is mods[1]]))
+    got = ctx.aux_terms()[name]
+    assert abs(float(got.detach()) - want) < 1e-12
+    per_call = sum(-0.1 * pooled_loop_mi([(m.router, [x[r] for r in rows])]) for m, x in calls)
+    assert abs(per_call - want) > 1e-3          # the old per-call sum differs here
+    # gradient of the pooled term against the loop's, written with autograd on plain tensors
+    got.backward()
+    router = mods[0].router
+    ent = lambda p: -(p * p.log()).sum(-1)  # noqa: E731
+    w = router.weight.detach().clone().requires_grad_(True)
+    ps = torch.stack([torch.softmax(F.linear(x[r], w, router.bias), 0)
+                      for m, x in calls if m is mods[0] for r in rows])
+    (-0.1 * (ent(ps.mean(0)) - ent(ps).mean())).backward()
+    torch.testing.assert_close(router.weight.grad, w.grad, atol=1e-12, rtol=1e-10)

@@ -29,7 +29,9 @@ def test_preset_trains_a_few_steps(preset, expect, tmp_path):
     assert cfg.model.ffn.kind == expect["ffn"]
     if preset == "moeut":
         assert cfg.model.core == 2 and cfg.model.prelude == 0 and cfg.model.coda == 0
-        assert cfg.model.norm_layout == "peri"
+        # pre-norm: MoEUT's peri layout let the residual grow unboundedly at lr 3e-3
+        # (configs/moeut.yaml; peri itself is tested in tests/models/test_norm_layout.py)
+        assert cfg.model.norm_layout == "pre"
     train(cfg, tmp_path / preset, progress="none")
     rows = [json.loads(line) for line in (tmp_path / preset / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r.get("split") == "train" and "loss" in r]

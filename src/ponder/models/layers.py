@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,9 @@ class AttnContext:
     rope       (cos, sin) each [L, head_dim/2], or None without rotary positions
     aux        name → summed auxiliary loss (load balance, z-loss, ...) emitted by the kinds
                inside the blocks during this forward; ``model.loss`` adds them
+    pooled     (name, module key) → (finish, summed statistics): a term computed once per
+               forward from the statistics of every call of one module (SUT's MI loss,
+               ``moe.py``'s ``acc_aux_loss``); :meth:`aux_terms` finishes them
     stats      name → list of floats (routing statistics), averaged into ``model.loss``'s stats
     flops      [B, L] float | None  forward FLOPs each token used so far (the engine and the
                model count them: blocks entered, keys attended, experts evaluated)
@@ -83,6 +86,7 @@ class AttnContext:
     causal: bool
     rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     aux: dict = field(default_factory=dict)
+    pooled: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
     flops: Optional[torch.Tensor] = None
     tokens: Optional[torch.Tensor] = None
@@ -105,6 +109,28 @@ class AttnContext:
     def add_aux(self, name: str, value: torch.Tensor) -> None:
         """Add a (weighted, scalar) auxiliary loss term; terms of one name are summed."""
         self.aux[name] = self.aux[name] + value if name in self.aux else value
+
+    def add_pooled(self, name: str, key: Any, stats: dict, finish: Callable[[dict], torch.Tensor]) -> None:
+        """Add one call's statistics (name → tensor, summed over the calls) to the pooled term
+        ``name`` of the module ``key``; ``finish(summed stats)`` → the weighted scalar term,
+        computed once per forward by :meth:`aux_terms` (a shared core applied N times pools
+        its N calls' rows instead of adding N terms)."""
+        entry = self.pooled.get((name, key))
+        if entry is None:
+            self.pooled[(name, key)] = (finish, dict(stats))
+            return
+        acc = entry[1]
+        for k, v in stats.items():
+            acc[k] = acc[k] + v
+
+    def aux_terms(self) -> dict:
+        """name → scalar: every auxiliary term of this forward (the summed per-call terms and
+        the pooled ones finished; terms of one name from several modules are added)."""
+        out = dict(self.aux)
+        for (name, _), (finish, stats) in self.pooled.items():
+            value = finish(stats)
+            out[name] = out[name] + value if name in out else value
+        return out
 
     def set_entering(self, enter: Optional[torch.Tensor]) -> None:
         """enter [B, L] bool: the tokens that run the next block call (None: every real token)."""

@@ -16,7 +16,9 @@ heads). Query and output experts run sorted by expert, one matmul per expert.
 
 SUT (Tan et al. 2023) trains this with a mutual-information loss (weight 0.1 in its WMT
 config): knob ``mi`` adds ``−mi · MI(expert; token)`` of the router's softmax over the
-entering query rows (``experts.routing.mutual_information``; the sign SUT's paper describes
+entering query rows, pooled over every call of the module in a forward as SUT's code does
+(``experts.routing.add_pooled_mi``: one term per module however many steps the core runs;
+the sign SUT's paper describes
 — its code's sign is questionable, reference/mechanisms_next.md §4).
 """
 
@@ -32,7 +34,7 @@ from torch import nn
 from ponder.errors import ConfigError
 from ponder.models.kinds import ATTENTIONS
 from ponder.models.layers import AttentionKind, AttnContext, apply_rotary
-from ponder.models.experts.routing import mutual_information
+from ponder.models.experts.routing import add_pooled_mi
 from ponder.models.switchhead import expert_apply
 from ponder.tasks.base import knob
 
@@ -109,7 +111,7 @@ class MixtureOfAttentionHeads(AttentionKind):
             enter = (ctx.row_weight(rows, R, y.dtype) > 0).nonzero().view(-1)
             if enter.numel():
                 p_t = torch.softmax(self.router(y.index_select(0, enter)), dim=-1).t()   # [E, n]
-                ctx.add_aux("moa_mi", -self.mi * mutual_information(p_t))
+                add_pooled_mi(ctx, "moa_mi", self, self.mi, p_t)
         o = expert_apply(a.reshape(R * H, hd), self.o_experts, idx.reshape(-1)).view(R, H, a.shape[1])
         return (o * gate[..., None]).sum(1)
 

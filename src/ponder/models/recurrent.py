@@ -233,7 +233,7 @@ class RecurrentTransformer(nn.Module):
             extras["expected_steps"] = expected_steps(halting.halt_dist)
         return ModelOutput(logits=logits, steps=result.steps, halt_dist=halting.halt_dist,
                            step_logits=result.step_logits, aux_loss=aux, extras=extras,
-                           halt_step=halting.halt_step, mask=mask, aux_terms=dict(ctx.aux),
+                           halt_step=halting.halt_step, mask=mask, aux_terms=ctx.aux_terms(),
                            flops=ctx.flops)
 
     def loss(self, out: ModelOutput, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

@@ -14,6 +14,7 @@ never dropped because of a later position's choice.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -111,6 +112,32 @@ def mutual_information(probs_t: torch.Tensor) -> torch.Tensor:
         return probs_t.sum()
     h = lambda p: -(p * p.clamp_min(1e-30).log()).sum(0)  # noqa: E731  (entropy along experts)
     return h(probs_t.mean(1)) - h(probs_t).mean()
+
+
+def _entropy_t(p_t: torch.Tensor) -> torch.Tensor:
+    """Entropy along the experts axis of p_t [E, ...] → [...] nats."""
+    return -(p_t * p_t.clamp_min(1e-30).log()).sum(0)
+
+
+def _pooled_mi_loss(weight: float, stats: dict) -> torch.Tensor:
+    """−weight · MI from pooled statistics: p [E] Σ_x p(e|x), h Σ_x H(p(·|x)), n the rows."""
+    return -weight * (_entropy_t(stats["p"] / stats["n"]) - stats["h"] / stats["n"])
+
+
+def add_pooled_mi(ctx: AttnContext, name: str, module: nn.Module, weight: float,
+                  probs_t: torch.Tensor) -> None:
+    """SUT's MI loss ``−weight · MI(expert; token)`` of ``module``'s router, pooled over every
+    call of the module in this forward: probs_t [E, n] the router probabilities of one call's
+    entering rows. SUT's layers accumulate their routers' statistics over all applications
+    of the shared layer (``moe.py``: ``acc_aux_loss=True``, ``update_aux_statistics``) and
+    compute one MI per module per forward (``get_aux_loss_and_clear``, each row of every call
+    weighing 1 / all rows), so a core applied N times adds one term bounded by
+    ``weight · log E`` — not N of them, which outweighed the task loss (docs/results/experts.md)."""
+    if probs_t.shape[1] == 0:
+        return
+    stats = {"p": probs_t.sum(1), "h": _entropy_t(probs_t).sum(),
+             "n": probs_t.new_tensor(float(probs_t.shape[1]))}
+    ctx.add_pooled(name, id(module), stats, functools.partial(_pooled_mi_loss, weight))
 
 
 def z_loss(logits_t: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,9 @@ nothing (the other choices keep their renormalised gates). Aux losses as ``switc
 f_i the share of all n·k choices that picked i; optionally SUT's mutual-information loss
 (Tan et al. 2023, ``moe.py::MoE``; knob ``mi``): ``−mi · MI(expert; token)`` with
 ``MI = H(p̄) − mean_x H(p(·|x))``, p(·|x) the softmax router probabilities of an entering
-row and p̄ their mean (:func:`routing.mutual_information`). SUT's code returns
+row and p̄ their mean, pooled over every call of the module in a forward (the rows of all
+core steps together, as SUT's ``acc_aux_loss``: one term per module, not one per call;
+:func:`routing.add_pooled_mi`). SUT's code returns
 ``H(e|x) + H(e)`` (our reading of its signs, ``mechanisms_next.md`` §4), which would not
 maximise MI; this is the loss its paper describes (maximise MI).
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ponder.models.experts.routing import (RoutedFFN, choice_major, mutual_information, small_topk,
+from ponder.models.experts.routing import (RoutedFFN, add_pooled_mi, choice_major, small_topk,
                                            softmax_router)
 from ponder.models.experts.switch import aux_losses
 from ponder.models.kinds import FFNS
@@ -49,6 +51,6 @@ class TopK(RoutedFFN):
         top, expert = small_topk(probs, self.k)
         gate = top / top.sum(0, keepdim=True)
         aux_losses(self, ctx, logits, probs, expert.reshape(-1))
-        if ctx is not None and self.knobs.mi > 0 and idx.numel():
-            ctx.add_aux(f"{self.name}_mi", -self.knobs.mi * mutual_information(probs))
+        if ctx is not None and self.knobs.mi > 0:
+            add_pooled_mi(ctx, f"{self.name}_mi", self, self.knobs.mi, probs)
         return choice_major(idx, expert, gate), probs
