@@ -14,7 +14,7 @@ import yaml
 import ponder.tasks
 from ponder.apps import findings as fnd
 from ponder.apps.anira import POLICIES, TASKS_FILE, plan, read_tasks
-from ponder.apps.executors import Outcome, PoolExecutor, RayExecutor, SerialExecutor, Work, run_work
+from ponder.apps.executors import PoolExecutor, RayExecutor, SerialExecutor, Work, run_work
 from ponder.cli import main
 from ponder.train.config import load_config
 

@@ -220,6 +220,9 @@ def test_policy_declares_itself(name):
         if isinstance(f.default, (int, float)) and not isinstance(f.default, bool) and hi is not None:
             with pytest.raises(ConfigError):
                 policies.get(name, **{f.name: hi + 1})
+        if isinstance(f.default, (int, float)) and not isinstance(f.default, bool) and lo is not None:
+            with pytest.raises(ConfigError):
+                policies.get(name, **{f.name: lo - 1})
         if f.metadata.get("choices"):
             with pytest.raises(ConfigError):
                 policies.get(name, **{f.name: "not-a-choice"})

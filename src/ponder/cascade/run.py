@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ponder.cascade.calibrate import budget_thresholds, candidates, ltt_threshold
+from ponder.cascade.calibrate import budget_thresholds, ltt_threshold
 from ponder.cascade.outcomes import Outcomes, combine, measure_run
 from ponder.cascade.route import Routing, route
 from ponder.cascade.rules import build_rule

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 
 from ponder.errors import CheckpointError, PonderError
-from ponder.tasks import IGNORE_INDEX, Vocab, stream
+from ponder.tasks import Vocab, stream
 from ponder.train import distributed as D
 from ponder.train.checkpoint import (atomic_write_text, has_checkpoint, load_checkpoint,
                                      load_weights, save_checkpoint)
