@@ -10,12 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ponder.cli import main
 from ponder.eval.evaluate import load_run
 from ponder.tasks import collate
-from ponder.train.config import load_config
 from ponder.train.segments import forward_segments
-from ponder.train.trainer import train
+from tests.runs import trained_run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "all_token_flops.py"
 # listops scores only the ] tokens; a router makes the FLOPs differ between tokens
@@ -35,10 +33,7 @@ def script():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("flops") / "run"
-    train(load_config(None, TINY), out, progress="none")
-    assert main(["eval", str(out), "--n", str(N), "--split", "valid"]) == 0
-    return out
+    return trained_run(tmp_path_factory, "flops", TINY, ["--n", str(N), "--split", "valid"])
 
 
 def test_scored_mean_matches_the_eval_records(run_dir):

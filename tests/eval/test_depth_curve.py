@@ -13,6 +13,7 @@ from ponder.cli import main
 from ponder.train.config import load_config
 from ponder.train.trainer import train
 from tests.tiny_list_rank import direct_forward, tiny_config
+from tests.runs import trained_run
 
 TINY = tiny_config(30)
 N = 20
@@ -20,10 +21,7 @@ N = 20
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("curve") / "run"
-    train(load_config(None, TINY), out, progress="none")
-    assert main(["eval", str(out), "--n", str(N), "--batch-size", "7", "--depths", "1:6"]) == 0
-    return out
+    return trained_run(tmp_path_factory, "curve", TINY, ["--n", str(N), "--batch-size", "7", "--depths", "1:6"])
 
 
 def test_each_point_is_a_forward_at_that_depth(run_dir):

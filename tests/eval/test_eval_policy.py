@@ -22,6 +22,7 @@ from ponder.train.config import PolicyConfig, load_config
 from ponder.train.rundir import read_run_config
 from ponder.train.trainer import train
 from tests.tiny_list_rank import direct_forward, tiny_config
+from tests.runs import trained_run
 
 TINY = tiny_config(10)
 N = 20
@@ -29,10 +30,7 @@ N = 20
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("policy") / "run"
-    train(load_config(None, TINY), out, progress="none")
-    assert main(["eval", str(out), "--n", str(N)]) == 0
-    return out
+    return trained_run(tmp_path_factory, "policy", TINY, ["--n", str(N)])
 
 
 def summary(path, split):

@@ -12,8 +12,7 @@ import torch
 import ponder.tasks
 from ponder.cli import main
 from ponder.eval.records import FIXED_COLUMNS, RECORDS_VERSION
-from ponder.train.config import load_config
-from ponder.train.trainer import train
+from tests.runs import trained_run
 
 KNOBS = dict(m_min=2, m_max=4, ood_m_min=5, ood_m_max=6, n_labels=8)
 TINY = ["task.name=list_rank", *[f"task.knobs.{k}={v}" for k, v in KNOBS.items()],
@@ -25,10 +24,7 @@ N = 24
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval") / "run"
-    train(load_config(None, TINY), out, progress="none")
-    assert main(["eval", str(out), "--n", str(N), "--batch-size", "10"]) == 0
-    return out
+    return trained_run(tmp_path_factory, "eval", TINY, ["--n", str(N), "--batch-size", "10"])
 
 
 def test_records_schema_and_metadata(run_dir):

@@ -19,8 +19,7 @@ from ponder.eval.evaluate import evaluate_run
 from ponder.eval.sweep import SweepSpec, parse_spec, sweep_run
 from ponder.policies.scripted import ScriptedPolicy
 from ponder.tasks.base import TEST_BUCKETS, input_bucket
-from ponder.train.config import load_config
-from ponder.train.trainer import train
+from tests.runs import trained_run
 
 KNOBS = dict(m_min=2, m_max=4, ood_m_min=5, ood_m_max=6, n_labels=8)
 N_STEPS = 5
@@ -49,9 +48,7 @@ def length_model(cfg, vocab_size):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sweep") / "run"
-    train(load_config(None, TINY), out, progress="none")
-    return out
+    return trained_run(tmp_path_factory, "sweep", TINY)
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +62,7 @@ def swept(run_dir):
 @pytest.fixture(scope="module")
 def fresh_run(tmp_path_factory):
     """A trained run that is never evaluated (bad input must leave it so)."""
-    out = tmp_path_factory.mktemp("bad") / "run"
-    train(load_config(None, TINY), out, progress="none")
-    return out
+    return trained_run(tmp_path_factory, "bad", TINY)
 
 
 # ---- parsing ---------------------------------------------------------------------------

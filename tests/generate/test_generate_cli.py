@@ -13,6 +13,7 @@ from ponder.generate import generate
 from ponder.tasks.lm import EOS
 from ponder.train.config import load_config
 from ponder.train.trainer import train
+from tests.runs import trained_run
 
 TINY = ["task.name=flipflop", "task.lm=true", "model.causal=true", "model.d_model=16",
         "model.n_heads=2", "model.d_ff=32", "model.max_steps=2", "policy.name=fixed",
@@ -22,9 +23,7 @@ TINY = ["task.name=flipflop", "task.lm=true", "model.causal=true", "model.d_mode
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gen") / "run"
-    train(load_config(None, TINY), out, progress="none")
-    return out
+    return trained_run(tmp_path_factory, "gen", TINY)
 
 
 def test_generate_writes_answers_compute_and_correctness(run_dir):

@@ -16,8 +16,7 @@ from ponder.analysis.experts import mutual_information
 from ponder.cli import main
 from ponder.models.config import KindConfig, ModelConfig
 from ponder.policies.scripted import ScriptedPolicy
-from ponder.train.config import load_config
-from ponder.train.trainer import train
+from tests.runs import trained_run
 
 TINY = ["task.name=list_rank", "task.knobs.m_min=2", "task.knobs.m_max=4", "task.knobs.ood_m_min=5",
         "task.knobs.ood_m_max=6", "task.knobs.n_labels=8", "model.positions=none", "model.d_model=16",
@@ -68,10 +67,7 @@ def test_the_model_reports_each_tokens_expert():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("experts") / "run"
-    train(load_config(None, TINY), out, progress="none")
-    assert main(["eval", str(out), "--n", "16", "--batch-size", "8"]) == 0
-    return out
+    return trained_run(tmp_path_factory, "experts", TINY, ["--n", "16", "--batch-size", "8"])
 
 
 def test_records_analysis_and_report_show_the_experts(run_dir, tmp_path):
