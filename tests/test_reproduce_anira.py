@@ -357,7 +357,8 @@ def test_run_key_survives_a_config_field_added_with_its_default(monkeypatch):
     class Later(train_config.TrainConfig):
         model: Wider = dataclasses.field(default_factory=Wider)
 
-    monkeypatch.setattr(train_config, "TrainConfig", Later)
+    import ponder.train
+    monkeypatch.setattr(ponder.train, "TrainConfig", Later)      # the name run_key reads
     widened = Later(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "model"},
                     model=Wider(**{f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(cfg.model)}))
     assert anira.run_key(widened, 8) == before

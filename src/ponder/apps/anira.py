@@ -150,7 +150,7 @@ def run_key(cfg: Any, n: int) -> str:
     import dataclasses
     import hashlib
 
-    from ponder.train.config import TrainConfig
+    from ponder.train import TrainConfig
 
     config = dataclasses.asdict(cfg)
     config["run"].pop("threads", None)
