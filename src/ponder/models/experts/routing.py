@@ -110,8 +110,7 @@ def mutual_information(probs_t: torch.Tensor) -> torch.Tensor:
     negative) asks for balanced average usage *and* confident per-token choices."""
     if probs_t.shape[1] == 0:
         return probs_t.sum()
-    h = lambda p: -(p * p.clamp_min(1e-30).log()).sum(0)  # noqa: E731  (entropy along experts)
-    return h(probs_t.mean(1)) - h(probs_t).mean()
+    return _entropy_t(probs_t.mean(1)) - _entropy_t(probs_t).mean()
 
 
 def _entropy_t(p_t: torch.Tensor) -> torch.Tensor:
